@@ -9,7 +9,7 @@ use bluewren_engine::frame::{self, FrameLimits, FrameRef, Header};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::errors::FrameError;
+use crate::errors::{with_attrs, FrameError};
 
 fn frame_err(e: frame::FrameError) -> PyErr {
     FrameError::new_err(e.to_string())
@@ -26,6 +26,15 @@ fn to_tuple<'py>(py: Python<'py>, f: &FrameRef<'_>) -> PyResult<Bound<'py, PyTup
         PyBytes::new(py, f.body),
     )
         .into_pyobject(py)
+}
+
+fn check_flags(flags: u8) -> PyResult<()> {
+    if flags & frame::flags::RESERVED != 0 {
+        return Err(FrameError::new_err(format!(
+            "flags 0x{flags:02x} set reserved bits: only COMPRESSED (0x01) and DICT (0x02) are defined"
+        )));
+    }
+    Ok(())
 }
 
 fn check_body(body: &[u8]) -> PyResult<()> {
@@ -51,6 +60,7 @@ fn encode_frame<'py>(
     flags: u8,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let body = body.unwrap_or_default();
+    check_flags(flags)?;
     check_body(body)?;
     let header = Header {
         kind,
@@ -74,6 +84,7 @@ fn encode_frames<'py>(
     let total: usize = frames.iter().map(|f| frame::encoded_len(f.5.len())).sum();
     let mut out = Vec::with_capacity(total);
     for (kind, flags, conv, seq, cmid, body) in &frames {
+        check_flags(*flags)?;
         check_body(body)?;
         frame::encode(
             &mut out,
@@ -123,14 +134,21 @@ impl PyFrameDecoder {
     }
 
     /// Adds bytes and returns every frame now complete. On bad input raises
-    /// `FrameError`; the decoder is then unusable.
+    /// `FrameError` whose `frames` holds the frames decoded before the bad one;
+    /// the decoder then keeps raising.
     fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
         self.inner.feed(data);
         let list = PyList::empty(py);
-        while let Some(f) = self.inner.poll().map_err(frame_err)? {
-            list.append(to_tuple(py, &f)?)?;
+        loop {
+            match self.inner.poll() {
+                Ok(Some(f)) => list.append(to_tuple(py, &f)?)?,
+                Ok(None) => return Ok(list),
+                Err(e) => {
+                    let attrs = [("frames", list.into_any().unbind())];
+                    return Err(with_attrs::<FrameError>(py, e.to_string(), &attrs));
+                }
+            }
         }
-        Ok(list)
     }
 
     /// Bytes received but not yet part of a complete frame.

@@ -125,6 +125,13 @@ fn encode_ws_frame<'py>(
     mask: Option<&[u8]>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let op = self::opcode(opcode)?;
+    if op.is_control() && (!fin || payload.len() > ws::MAX_CONTROL_PAYLOAD) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "control frames (opcode {opcode}) must be final and carry at most {} bytes, got fin={fin} and {} bytes",
+            ws::MAX_CONTROL_PAYLOAD,
+            payload.len()
+        )));
+    }
     let mask = mask_key(mask)?;
     let mut out =
         Vec::with_capacity(ws::frame_header_len(payload.len(), mask.is_some()) + payload.len());
@@ -141,6 +148,12 @@ fn encode_ws_close<'py>(
     reason: &str,
     mask: Option<&[u8]>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    // 1005 (no status) is how to ask for an empty close payload.
+    if !(ws::close_code::is_valid_on_wire(code) || code == ws::close_code::NO_STATUS) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "close code {code} may not be sent (use 1000-1003, 1007-1014, 3000-4999, or 1005 for an empty close)"
+        )));
+    }
     let mut out = Vec::new();
     ws::encode_close(&mut out, code, reason, mask_key(mask)?);
     Ok(PyBytes::new(py, &out))

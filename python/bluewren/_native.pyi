@@ -16,7 +16,8 @@ PUSH_OVERFLOW: Final[int]
 #: A decoded BlueWren frame: (kind, flags, conv, seq, cmid, body).
 _FrameTuple: TypeAlias = tuple[int, int, int, int, int, bytes]
 
-class FrameError(ValueError): ...
+class FrameError(ValueError):
+    frames: list[_FrameTuple]
 
 class WebSocketError(ValueError):
     close_code: int

@@ -40,12 +40,13 @@ async def serve(
         backlog=backlog,
         reuse_address=True,
     )
-    bound = ", ".join(f"ws://{s.getsockname()[0]}:{s.getsockname()[1]}/" for s in server.sockets)
-    print(f"bluewren.echo listening on {bound}", flush=True)
     stop = stop or asyncio.Event()
+    # Handlers first: whoever waits for the "listening" line may signal at once.
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    bound = ", ".join(f"ws://{s.getsockname()[0]}:{s.getsockname()[1]}/" for s in server.sockets)
+    print(f"bluewren.echo listening on {bound}", flush=True)
     async with server:
         await stop.wait()
 

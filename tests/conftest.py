@@ -1,0 +1,146 @@
+"""Shared fixtures: BlueWren servers run as subprocesses on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+import pytest
+
+LOOPS = ("uvloop", "asyncio")
+"""The event loops every server-side suite runs on."""
+
+STARTUP_TIMEOUT = 30.0
+SHUTDOWN_TIMEOUT = 15.0
+
+_LISTENING = re.compile(rb"listening on ws://([0-9.]+):(\d+)/")
+
+
+@dataclass(frozen=True)
+class EchoServer:
+    """A running ``python -m bluewren.echo`` process."""
+
+    host: str
+    port: int
+    loop: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` for ``socket.create_connection``."""
+        return (self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        """The server's WebSocket URL."""
+        return f"ws://{self.host}:{self.port}/"
+
+    def is_running(self) -> bool:
+        """True while the process has not exited."""
+        return self.process.poll() is None
+
+
+def _read_first_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The first line the process prints, read with a deadline (no thread, no blocking read)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    line = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in line:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise TimeoutError(f"no 'listening' line within {timeout:.0f} s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            line += chunk
+    return line.split(b"\n", 1)[0]
+
+
+def _stderr_text(err: IO[bytes]) -> str:
+    err.seek(0)
+    return err.read().decode("utf-8", "replace")[-4000:]
+
+
+def _wait_until_serving(server: EchoServer) -> None:
+    """Returns once the server's event loop has answered an upgrade request.
+
+    The "listening" line is printed before the loop runs, so it does not prove
+    that the SIGTERM handler is installed yet; an answer does.
+    """
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(server.address, timeout=STARTUP_TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+    if not answer.startswith(b"HTTP/1.1 101 "):
+        raise RuntimeError(f"{server.url} answered an upgrade request with {answer!r:.200}")
+
+
+@contextmanager
+def run_echo_server(loop: str = "uvloop", *args: str) -> Iterator[EchoServer]:
+    """Starts ``python -m bluewren.echo --port 0 --loop LOOP *args`` on 127.0.0.1.
+
+    Yields once the server printed the address it bound. At exit the server gets
+    SIGTERM and must exit with status 0 within ``SHUTDOWN_TIMEOUT``; anything else
+    fails the caller, with the server's stderr in the message.
+    """
+    cmd = [sys.executable, "-m", "bluewren.echo", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--loop", loop, *args]
+    with tempfile.TemporaryFile() as err:
+        # stderr goes to a file, not a pipe nobody drains, so a chatty server never blocks.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        try:
+            try:
+                line = _read_first_line(proc, STARTUP_TIMEOUT)
+            except TimeoutError as exc:
+                raise RuntimeError(f"{cmd} did not start: {exc}\n{_stderr_text(err)}") from exc
+            found = _LISTENING.search(line)
+            if found is None:
+                proc.wait(SHUTDOWN_TIMEOUT)
+                raise RuntimeError(
+                    f"{cmd} printed {line!r}, exit status {proc.returncode}\n{_stderr_text(err)}"
+                )
+            server = EchoServer(found[1].decode(), int(found[2]), loop, proc)
+            _wait_until_serving(server)
+            yield server
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            status: int | None
+            try:
+                status = proc.wait(SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                status = None
+            assert proc.stdout is not None
+            proc.stdout.close()
+        assert status == 0, (
+            f"{cmd} did not exit cleanly on SIGTERM (status {status})\n{_stderr_text(err)}"
+        )
+
+
+@pytest.fixture(scope="module", params=LOOPS)
+def echo_server(request: pytest.FixtureRequest) -> Iterator[EchoServer]:
+    """An echo server with default limits, once on each event loop (module-scoped)."""
+    with run_echo_server(request.param) as server:
+        yield server
