@@ -1,0 +1,1079 @@
+"""The embedded store: one SQLite file in WAL mode, written with group commit.
+
+:class:`SQLiteStore` implements :class:`~bluewren.store.base.Store` with the standard
+library's ``sqlite3``. Nothing touches the database on the event loop:
+
+* **One writer thread.** Every write runs on a single dedicated thread that owns the
+  write connection, so writes never contend with each other inside the process.
+* **Group commit.** Writes are queued on the event loop. A batching task takes everything
+  queued in the same loop pass, or while the previous commit was in flight, up to
+  ``batch_max`` messages, and commits it in ONE transaction on the writer thread. Each
+  caller's awaitable completes only after that ``COMMIT`` has returned, which is what
+  lets a node acknowledge only durable messages. Under load a batch grows to whatever
+  arrived during one commit, so the number of commits (and of syncs) stays roughly
+  constant while throughput grows. ``batch_max=1`` gives one transaction per write.
+* **Readers in parallel.** Reads run on their own thread(s) and connections; WAL lets
+  them read the last committed state while the writer writes. A write's result is
+  visible to every read started after its awaitable completed.
+* **Failure isolation.** A write that fails for its own reason (an unknown conversation,
+  a taken sequence number) fails alone: the rest of its batch commits. A failure of the
+  database itself (disk full, I/O error, locked past the busy timeout) fails the whole
+  batch with :class:`~bluewren.errors.StoreUnavailableError` and writes nothing; callers
+  may retry, and a retried append is deduplicated by its client message id.
+
+Sequence numbers are assigned inside the writing transaction (``last_seq + 1`` of the
+conversation's row), and the schema holds ``UNIQUE (conv, seq)`` and the uniqueness of
+``(conv, sender, cmid)``: the first is the fence against a second writer (another process
+on the same file, or a stale owner in a cluster), the second makes retries idempotent.
+
+Durability: ``synchronous``
+---------------------------
+``synchronous="NORMAL"`` (the default) in WAL mode syncs the WAL only at checkpoints, not
+at every commit. A committed transaction survives a crash of the process (the data is in
+the operating system's page cache and the WAL file), but the last transactions before a
+power loss or an operating-system crash may be lost; the database stays consistent
+either way. ``synchronous="FULL"`` syncs the WAL on every commit, so a committed
+transaction also survives power loss, at the price of one ``fsync`` per commit. Group
+commit is what makes FULL affordable: one sync covers every message of the batch.
+
+Schema versions are managed by :mod:`bluewren.store.migrations`. The store belongs to the
+event loop it was opened on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVar, cast
+
+from bluewren.errors import (
+    ConversationKindError,
+    ConversationNotFoundError,
+    NotAMemberError,
+    SequenceConflictError,
+    StoreArgumentError,
+    StoreClosedError,
+    StoreCorruptError,
+    StoreError,
+    StoreUnavailableError,
+)
+from bluewren.store.base import (
+    DEFAULT_KIND,
+    ERASED_KIND,
+    AppendResult,
+    Conversation,
+    ConversationKind,
+    ErasureResult,
+    Member,
+    NewMessage,
+    Role,
+    Store,
+    StoredMessage,
+    StoreStats,
+    check_id,
+    check_limit,
+    check_role,
+    check_seq,
+    check_user,
+)
+from bluewren.store.migrations import MIGRATIONS, apply_migrations
+
+__all__ = ["SQLiteStore"]
+
+_T = TypeVar("_T")
+
+EXPORT_FORMAT: Final = "bluewren-user-export/1"
+
+# Primary SQLite result codes (the low byte of an extended code).
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+_SQLITE_NOMEM: Final = 7
+_SQLITE_READONLY: Final = 8
+_SQLITE_INTERRUPT: Final = 9
+_SQLITE_IOERR: Final = 10
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
+_SQLITE_CANTOPEN: Final = 14
+_SQLITE_PROTOCOL: Final = 15
+_SQLITE_NOTADB: Final = 26
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        _SQLITE_BUSY,
+        _SQLITE_LOCKED,
+        _SQLITE_NOMEM,
+        _SQLITE_READONLY,
+        _SQLITE_INTERRUPT,
+        _SQLITE_IOERR,
+        _SQLITE_FULL,
+        _SQLITE_CANTOPEN,
+        _SQLITE_PROTOCOL,
+    }
+)
+
+_MESSAGE_COLUMNS: Final = "conv, seq, sender, device, cmid, body, kind, created_at"
+_NEXT_SEQ: Final = (
+    "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"
+)
+_GIVE_BACK_SEQ: Final = "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?"
+_INSERT_MESSAGE: Final = (
+    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (sender, conv, cmid) DO NOTHING"
+)
+_ORIGINAL_MESSAGE: Final = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender = ? AND conv = ? AND cmid = ?"
+)
+_U64: Final = 1 << 64
+_I64_MAX: Final = (1 << 63) - 1
+
+
+def _cmid_to_db(cmid: int) -> int | None:
+    """The client message id as SQLite stores it: NULL for none, u64 folded into i64."""
+    if cmid == 0:
+        return None
+    return cmid - _U64 if cmid > _I64_MAX else cmid
+
+
+def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
+    conv, seq, sender, device, cmid, body, kind, created_at = row
+    if cmid is None:
+        cmid = 0
+    elif cmid < 0:
+        cmid += _U64
+    return StoredMessage(conv, seq, sender, device, cmid, body, kind, created_at)
+
+
+class _SeqTaken(Exception):
+    """Raised on the writer thread when (conv, seq) is already taken; never escapes."""
+
+    def __init__(self, conv: int, seq: int) -> None:
+        super().__init__(conv, seq)
+        self.conv = conv
+        self.seq = seq
+
+
+@dataclass(slots=True, eq=False)
+class _WriteOp:
+    """One queued write. ``run`` executes on the writer thread inside the batch's
+    transaction; it may raise a StoreError only before it has written anything, unless
+    ``isolated`` (then it runs inside a savepoint that is rolled back on error)."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    size: int
+    isolated: bool
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Readers:
+    """The read connections, one per reader thread, so that close() can close them all."""
+
+    local: threading.local = field(default_factory=threading.local)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: list[sqlite3.Connection] = field(default_factory=list)
+
+
+class SQLiteStore(Store):
+    """The durable store on one SQLite file (WAL mode, group commit).
+
+    ``path`` is the database file (created if missing; ``":memory:"`` is refused because
+    readers need their own connections to the same database). ``synchronous`` is
+    ``"NORMAL"`` or ``"FULL"`` (see the module documentation for what each promises).
+    ``busy_timeout_ms`` is how long a connection waits for a lock held by another process
+    before the call fails with StoreUnavailableError. ``batch_max`` caps the messages
+    committed in one transaction (1 disables group commit). ``read_threads`` is the
+    number of threads (each with its own connection) serving reads.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        busy_timeout_ms: int = 5000,
+        batch_max: int = 1024,
+        read_threads: int = 2,
+    ) -> None:
+        path = os.fspath(path)
+        if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
+            raise StoreArgumentError(
+                "path",
+                f"path must be a database file name (not ':memory:' or a 'file:' URI), got "
+                f"{path!r}: an in-memory database cannot be shared by the writer and reader "
+                f"connections; use a file in a temporary directory instead",
+            )
+        if synchronous not in ("NORMAL", "FULL"):
+            raise StoreArgumentError(
+                "synchronous", f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
+            )
+        for name, value, low in (
+            ("busy_timeout_ms", busy_timeout_ms, 0),
+            ("batch_max", batch_max, 1),
+            ("read_threads", read_threads, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise StoreArgumentError(name, f"{name} must be an integer >= {low}, got {value!r}")
+        self.path: Final = path
+        self.synchronous: Final = synchronous
+        self.busy_timeout_ms: Final = busy_timeout_ms
+        self.batch_max: Final = batch_max
+        self.read_threads: Final = read_threads
+        self.stats = StoreStats()
+        self._state: Literal["new", "opening", "open", "closing", "closed"] = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._readers = _Readers()
+        self._wconn: sqlite3.Connection | None = None
+        self._pending: list[_WriteOp] = []
+        self._wakeup: asyncio.Event | None = None
+        self._batcher: asyncio.Task[None] | None = None
+        self._closed: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r}, {self._state})"
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Opens the file, switches it to WAL, applies missing migrations, starts serving.
+
+        Raises SchemaVersionError if the file has a newer schema than this code knows,
+        StoreCorruptError if it is not a SQLite database, and StoreUnavailableError if it
+        cannot be opened or locked in time. Opening an open store does nothing.
+        """
+        if self._state == "open":
+            return
+        if self._state == "closing":
+            raise StoreClosedError("the store is closing: wait for close() before reopening it")
+        if self._state == "opening":
+            raise StoreError("open() is already in progress: await that call instead")
+        previous = self._state
+        self._state = "opening"
+        loop = asyncio.get_running_loop()
+        writer = ThreadPoolExecutor(1, thread_name_prefix="bluewren-store-writer")
+        try:
+            await loop.run_in_executor(writer, self._open_writer)
+        except BaseException:
+            writer.shutdown(wait=False)
+            self._state = previous
+            raise
+        self._writer = writer
+        self._reader_pool = ThreadPoolExecutor(
+            self.read_threads, thread_name_prefix="bluewren-store-reader"
+        )
+        self._readers = _Readers()
+        self._loop = loop
+        self._pending = []
+        self._wakeup = asyncio.Event()
+        self._state = "open"
+        self._batcher = loop.create_task(self._run_batches(), name=f"{self!r} group commit")
+
+    async def close(self) -> None:
+        """Commits the writes already queued, then closes every connection and thread.
+
+        Calls made once close() has begun raise StoreClosedError. A second close() waits
+        for the first to finish; closing a store that is not open does nothing.
+        """
+        if self._state == "closing":
+            assert self._closed is not None
+            await self._closed.wait()
+            return
+        if self._state != "open":
+            return
+        self._state = "closing"
+        self._closed = asyncio.Event()
+        assert self._wakeup is not None
+        assert self._batcher is not None
+        self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.shield(self._batcher)
+        finally:
+            writer = self._writer
+            assert writer is not None
+            try:
+                await loop.run_in_executor(writer, self._close_connections)
+            finally:
+                writer.shutdown(wait=False)
+                self._writer = None
+                self._reader_pool = None
+                self._state = "closed"
+                self._closed.set()
+
+    def _open_writer(self) -> None:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"store {self.path!r} could not be switched to WAL mode (journal_mode is "
+                    f"{mode!r}): put the file on a local file system that supports shared "
+                    f"memory and file locks"
+                )
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            apply_migrations(conn, MIGRATIONS, path=self.path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._translate(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._wconn = conn
+
+    def _close_connections(self) -> None:
+        # Runs on the writer thread, after the last batch: no write can be in flight.
+        pool = self._reader_pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._readers.lock:
+            readers, self._readers.connections = self._readers.connections, []
+        for conn in readers:
+            conn.close()
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        if self._state != "open":
+            raise StoreClosedError()
+        loop = self._loop
+        assert loop is not None
+        if asyncio.get_running_loop() is not loop:
+            raise StoreError(
+                f"{self!r} belongs to the event loop it was opened on: call it from that "
+                f"loop, or open one store per loop"
+            )
+        return loop
+
+    # -- errors -----------------------------------------------------------------------
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        """The exception a caller should see for ``exc`` raised by the database layer."""
+        if isinstance(exc, _SeqTaken):
+            return SequenceConflictError(exc.conv, exc.seq)
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        code = getattr(exc, "sqlite_errorcode", None)
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        primary = code & 0xFF if isinstance(code, int) else None
+        where = f"store {self.path!r}"
+        error: StoreError
+        if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            error = StoreUnavailableError(
+                f"{where} stayed locked past the busy timeout of {self.busy_timeout_ms} ms "
+                f"({name}): another process holds the lock; retry later, or raise "
+                f"busy_timeout_ms"
+            )
+        elif primary == _SQLITE_FULL:
+            error = StoreUnavailableError(
+                f"{where} cannot grow: the disk is full ({name}); free space on its volume "
+                f"and retry"
+            )
+        elif primary in (_SQLITE_CANTOPEN, _SQLITE_READONLY):
+            error = StoreUnavailableError(
+                f"{where} cannot be opened for writing ({name}: {exc}): check that its "
+                f"directory exists and is writable by this process"
+            )
+        elif primary in _UNAVAILABLE_CODES:
+            error = StoreUnavailableError(f"{where} failed ({name}: {exc}); retry later")
+        elif primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            error = StoreCorruptError(
+                f"{where} is damaged or not a SQLite database ({name}: {exc}): restore it "
+                f"from a backup or point the store at another file"
+            )
+        else:
+            error = StoreError(f"{where} failed ({name}: {exc})")
+        error.__cause__ = exc
+        return error
+
+    def _is_unavailable(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(exc, sqlite3.Error) and (
+            not isinstance(code, int) or code & 0xFF in _UNAVAILABLE_CODES
+        )
+
+    # -- the write path ---------------------------------------------------------------
+
+    def _submit(
+        self,
+        run: Callable[[sqlite3.Connection], _T],
+        *,
+        size: int = 1,
+        isolated: bool = True,
+    ) -> asyncio.Future[_T]:
+        loop = self._loop_or_raise()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._pending.append(_WriteOp(run, future, size, isolated))
+        wakeup = self._wakeup
+        assert wakeup is not None
+        wakeup.set()
+        return future
+
+    async def _run_batches(self) -> None:
+        """The group-commit task: one transaction per round of queued writes."""
+        loop = asyncio.get_running_loop()
+        wakeup = self._wakeup
+        writer = self._writer
+        assert wakeup is not None
+        assert writer is not None
+        pending = self._pending
+        while True:
+            if not pending:
+                if self._state != "open":
+                    return
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            batch = self._take_batch(pending)
+            try:
+                await loop.run_in_executor(writer, self._commit_batch, batch)
+            except asyncio.CancelledError:
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(
+                            StoreUnavailableError(
+                                "the store's event loop stopped while a commit was in flight, "
+                                "so its outcome is unknown: retry the write (appends are "
+                                "deduplicated by their client message id)"
+                            )
+                        )
+                raise
+            except Exception as exc:
+                for op in batch:
+                    op.error = self._translate(exc)
+            for op in batch:
+                future = op.future
+                if future.done():  # the caller was cancelled; the write stands anyway
+                    continue
+                if op.error is not None:
+                    future.set_exception(op.error)
+                else:
+                    future.set_result(op.result)
+
+    def _take_batch(self, pending: list[_WriteOp]) -> list[_WriteOp]:
+        total = 0
+        count = 0
+        for op in pending:
+            if count and total + op.size > self.batch_max:
+                break
+            total += op.size
+            count += 1
+        batch = pending[:count]
+        del pending[:count]
+        return batch
+
+    def _commit_batch(self, batch: list[_WriteOp]) -> None:
+        """Runs ``batch`` in one transaction on the writer thread; fills each op's outcome."""
+        conn = self._wconn
+        assert conn is not None
+        stats = self.stats
+        started = time.monotonic()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                self._run_op(conn, op)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._rollback(conn)
+            stats.rollbacks += 1
+            if len(batch) > 1 and not self._is_unavailable(exc):
+                # One write broke the transaction: give each its own, so only it fails.
+                for op in batch:
+                    op.result = op.error = None
+                    self._commit_batch([op])
+                return
+            for op in batch:
+                op.result = None
+                op.error = self._translate(exc)
+            return
+        stats.last_batch_started = started
+        stats.last_batch_finished = time.monotonic()
+        stats.commits += 1
+        size = 0
+        for op in batch:
+            size += op.size
+            if op.error is None:
+                self._count_appends(op.result)
+        stats.largest_batch = max(stats.largest_batch, size)
+
+    def _count_appends(self, result: object) -> None:
+        results: Iterable[object]
+        if isinstance(result, AppendResult):
+            results = (result,)
+        elif isinstance(result, list):
+            results = result
+        else:
+            return
+        for item in results:
+            if isinstance(item, AppendResult):
+                if item.duplicate:
+                    self.stats.duplicates += 1
+                else:
+                    self.stats.appended += 1
+
+    @staticmethod
+    def _run_op(conn: sqlite3.Connection, op: _WriteOp) -> None:
+        if not op.isolated:
+            try:
+                op.result = op.run(conn)
+            except StoreError as exc:
+                op.error = exc
+            return
+        conn.execute("SAVEPOINT op")
+        try:
+            op.result = op.run(conn)
+        except StoreError as exc:
+            conn.execute("ROLLBACK TO op")
+            op.error = exc
+        conn.execute("RELEASE op")
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            # SQLite may have rolled back already (e.g. after an I/O error).
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    # -- the read path ----------------------------------------------------------------
+
+    async def _read(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
+        loop = self._loop_or_raise()
+        pool = self._reader_pool
+        assert pool is not None
+        return await loop.run_in_executor(pool, self._run_read, run)
+
+    def _run_read(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
+        readers = self._readers
+        conn: sqlite3.Connection | None = getattr(readers.local, "conn", None)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout_ms / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                with readers.lock:
+                    readers.connections.append(conn)
+                readers.local.conn = conn
+                conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+                conn.execute("PRAGMA query_only = ON")
+            return run(conn)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                self._rollback(conn)
+            raise self._translate(exc) from exc
+
+    # -- messages ---------------------------------------------------------------------
+
+    async def append(
+        self,
+        conv: int,
+        sender: str,
+        device: str,
+        cmid: int,
+        body: bytes,
+        kind: str = DEFAULT_KIND,
+    ) -> AppendResult:
+        """Stores a message under its conversation's next seq; see :meth:`Store.append`.
+
+        Appends queued together are committed in one transaction (group commit); this
+        returns after that transaction committed.
+        """
+        message = NewMessage(conv, sender, device, cmid, body, kind).validated()
+        return await self._submit(lambda conn: self._append_one(conn, message), isolated=False)
+
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[AppendResult]:
+        """Appends ``messages`` all-or-nothing; see :meth:`Store.append_many`."""
+        batch = [message.validated() for message in messages]
+        if not batch:
+            self._loop_or_raise()
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[AppendResult]:
+            return [self._append_one(conn, message) for message in batch]
+
+        return await self._submit(run, size=len(batch), isolated=True)
+
+    @staticmethod
+    def _append_one(conn: sqlite3.Connection, m: NewMessage) -> AppendResult:
+        # Raises a StoreError only before writing (see _WriteOp), so appends need no
+        # savepoint of their own.
+        row = conn.execute(_NEXT_SEQ, (m.conv,)).fetchall()
+        if not row:
+            raise ConversationNotFoundError(m.conv)
+        seq: int = row[0][0]
+        cmid = _cmid_to_db(m.cmid)
+        now = time.time()
+        try:
+            inserted = conn.execute(
+                _INSERT_MESSAGE, (m.conv, seq, m.sender, m.device, cmid, m.body, m.kind, now)
+            ).rowcount
+        except sqlite3.IntegrityError as exc:
+            if "messages.seq" in str(exc):
+                raise _SeqTaken(m.conv, seq) from exc
+            raise
+        if inserted:
+            return AppendResult(
+                StoredMessage(m.conv, seq, m.sender, m.device, m.cmid, m.body, m.kind, now),
+                False,
+            )
+        # A retry: give the number back and answer with the original message.
+        conn.execute(_GIVE_BACK_SEQ, (m.conv,))
+        original = conn.execute(_ORIGINAL_MESSAGE, (m.sender, m.conv, cmid)).fetchone()
+        return AppendResult(_message_from_row(original), True)
+
+    async def history(self, conv: int, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` messages after ``after_seq``, oldest first."""
+        check_id("conv", conv)
+        check_seq("after_seq", after_seq)
+        check_limit(limit)
+
+        def run(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (conv, after_seq, limit),
+            ).fetchall()
+            if not rows:
+                _last_seq(conn, conv)  # raises if the conversation does not exist
+            return [_message_from_row(row) for row in rows]
+
+        return await self._read(run)
+
+    async def history_before(self, conv: int, before_seq: int, limit: int) -> list[StoredMessage]:
+        """The ``limit`` newest messages before ``before_seq``, returned oldest first."""
+        check_id("conv", conv)
+        check_seq("before_seq", before_seq)
+        check_limit(limit)
+
+        def run(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (conv, before_seq, limit),
+            ).fetchall()
+            if not rows:
+                _last_seq(conn, conv)
+            return [_message_from_row(row) for row in reversed(rows)]
+
+        return await self._read(run)
+
+    async def last_seq(self, conv: int) -> int:
+        """The conversation's newest sequence number (0 before its first message)."""
+        check_id("conv", conv)
+        return await self._read(lambda conn: _last_seq(conn, conv))
+
+    # -- conversations ----------------------------------------------------------------
+
+    async def conversation(self, conv: int) -> Conversation:
+        """The conversation ``conv``."""
+        check_id("conv", conv)
+        return await self._read(lambda conn: _conversation(conn, conv))
+
+    async def create_direct(self, user_a: str, user_b: str) -> Conversation:
+        """The pair's direct conversation, created on first use (idempotent, any order)."""
+        check_user("user_a", user_a)
+        check_user("user_b", user_b)
+        low, high = sorted((user_a, user_b))
+
+        def run(conn: sqlite3.Connection) -> Conversation:
+            row = conn.execute(
+                "SELECT conv FROM direct_pairs WHERE user_lo = ? AND user_hi = ?", (low, high)
+            ).fetchone()
+            if row is not None:
+                return _conversation(conn, row[0])
+            created = _insert_conversation(conn, "direct", "")
+            conn.execute(
+                "INSERT INTO direct_pairs (user_lo, user_hi, conv) VALUES (?, ?, ?)",
+                (low, high, created.id),
+            )
+            conn.executemany(
+                "INSERT INTO members (conv, user, role, joined_seq) VALUES (?, ?, 'member', 0)",
+                [(created.id, user) for user in dict.fromkeys((low, high))],
+            )
+            return created
+
+        return await self._submit(run)
+
+    async def create_group(self, owner: str, title: str, members: Iterable[str]) -> Conversation:
+        """A new group owned by ``owner`` with ``members`` (duplicates ignored)."""
+        check_user("owner", owner)
+        _check_title(title)
+        others = [check_user("members", user) for user in dict.fromkeys(members)]
+        others = [user for user in others if user != owner]
+
+        def run(conn: sqlite3.Connection) -> Conversation:
+            created = _insert_conversation(conn, "group", title)
+            conn.execute(
+                "INSERT INTO members (conv, user, role, joined_seq) VALUES (?, ?, 'owner', 0)",
+                (created.id, owner),
+            )
+            conn.executemany(
+                "INSERT INTO members (conv, user, role, joined_seq) VALUES (?, ?, 'member', 0)",
+                [(created.id, user) for user in others],
+            )
+            return created
+
+        return await self._submit(run)
+
+    async def rename(self, conv: int, title: str) -> Conversation:
+        """Sets a group's title; a direct conversation raises ConversationKindError."""
+        check_id("conv", conv)
+        _check_title(title)
+
+        def run(conn: sqlite3.Connection) -> Conversation:
+            current = _group(conn, conv, "rename")
+            conn.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conv))
+            return Conversation(conv, current.kind, title, current.created_at)
+
+        return await self._submit(run)
+
+    async def add_members(
+        self, conv: int, users: Iterable[str], role: Role = "member"
+    ) -> list[Member]:
+        """Adds users to a group with ``role``; returns the memberships created."""
+        check_id("conv", conv)
+        checked_role = check_role(role)
+        wanted = [check_user("users", user) for user in dict.fromkeys(users)]
+
+        def run(conn: sqlite3.Connection) -> list[Member]:
+            _group(conn, conv, "add_members")
+            joined = _last_seq(conn, conv)
+            added: list[Member] = []
+            for user in wanted:
+                cursor = conn.execute(
+                    "INSERT INTO members (conv, user, role, joined_seq) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (conv, user) DO NOTHING",
+                    (conv, user, checked_role, joined),
+                )
+                if cursor.rowcount:
+                    added.append(Member(conv, user, checked_role, joined))
+            return added
+
+        return await self._submit(run)
+
+    async def remove_member(self, conv: int, user: str) -> None:
+        """Removes ``user`` from a group; raises NotAMemberError if they are not in it."""
+        check_id("conv", conv)
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> None:
+            _group(conn, conv, "remove_member")
+            deleted = conn.execute(
+                "DELETE FROM members WHERE conv = ? AND user = ?", (conv, user)
+            ).rowcount
+            if not deleted:
+                raise NotAMemberError(conv, user)
+
+        await self._submit(run)
+
+    async def set_role(self, conv: int, user: str, role: Role) -> Member:
+        """Sets a group member's role; returns the updated membership."""
+        check_id("conv", conv)
+        check_user("user", user)
+        checked_role = check_role(role)
+
+        def run(conn: sqlite3.Connection) -> Member:
+            _group(conn, conv, "set_role")
+            row = conn.execute(
+                "UPDATE members SET role = ? WHERE conv = ? AND user = ? RETURNING joined_seq",
+                (checked_role, conv, user),
+            ).fetchall()
+            if not row:
+                raise NotAMemberError(conv, user)
+            return Member(conv, user, checked_role, row[0][0])
+
+        return await self._submit(run)
+
+    async def members(self, conv: int) -> list[Member]:
+        """The conversation's members, ordered by user id."""
+        check_id("conv", conv)
+
+        def run(conn: sqlite3.Connection) -> list[Member]:
+            rows = conn.execute(
+                "SELECT user, role, joined_seq FROM members WHERE conv = ? ORDER BY user",
+                (conv,),
+            ).fetchall()
+            if not rows:
+                _last_seq(conn, conv)
+            return [Member(conv, user, role, joined) for user, role, joined in rows]
+
+        return await self._read(run)
+
+    async def conversations_of(self, user: str) -> list[int]:
+        """The ids of ``user``'s conversations, ascending."""
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(
+                "SELECT conv FROM members WHERE user = ? ORDER BY conv", (user,)
+            ).fetchall()
+            return [conv for (conv,) in rows]
+
+        return await self._read(run)
+
+    async def count_groups_of(self, user: str) -> int:
+        """How many groups ``user`` is a member of."""
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM members JOIN conversations ON conversations.id = "
+                "members.conv WHERE members.user = ? AND conversations.kind = 'group'",
+                (user,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._read(run)
+
+    # -- cursors and read marks -------------------------------------------------------
+
+    async def set_cursor(self, user: str, device: str, conv: int, seq: int) -> int:
+        """Moves a device's cursor forward (never back); returns the stored cursor."""
+        check_user("user", user)
+        _check_device(device)
+        check_id("conv", conv)
+        check_seq("seq", seq)
+
+        def run(conn: sqlite3.Connection) -> int:
+            _check_not_past_end(conn, conv, seq)
+            row = conn.execute(
+                "INSERT INTO cursors (user, device, conv, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user, device, conv) DO UPDATE SET seq = MAX(seq, excluded.seq) "
+                "RETURNING seq",
+                (user, device, conv, seq),
+            ).fetchall()
+            return int(row[0][0])
+
+        return await self._submit(run, isolated=False)
+
+    async def cursors(self, user: str, device: str) -> dict[int, int]:
+        """The device's cursors: conversation id -> last delivered seq."""
+        check_user("user", user)
+        _check_device(device)
+
+        def run(conn: sqlite3.Connection) -> dict[int, int]:
+            rows = conn.execute(
+                "SELECT conv, seq FROM cursors WHERE user = ? AND device = ?", (user, device)
+            ).fetchall()
+            return dict(rows)
+
+        return await self._read(run)
+
+    async def mark_read(self, conv: int, user: str, seq: int) -> int:
+        """Moves the user's read mark forward (never back); returns the stored mark."""
+        check_id("conv", conv)
+        check_user("user", user)
+        check_seq("seq", seq)
+
+        def run(conn: sqlite3.Connection) -> int:
+            _check_not_past_end(conn, conv, seq)
+            row = conn.execute(
+                "INSERT INTO read_marks (conv, user, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (conv, user) DO UPDATE SET seq = MAX(seq, excluded.seq) "
+                "RETURNING seq",
+                (conv, user, seq),
+            ).fetchall()
+            return int(row[0][0])
+
+        return await self._submit(run, isolated=False)
+
+    async def read_seq(self, conv: int, user: str) -> int:
+        """The user's read mark in ``conv`` (0 if none)."""
+        check_id("conv", conv)
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT seq FROM read_marks WHERE conv = ? AND user = ?", (conv, user)
+            ).fetchone()
+            if row is None:
+                _last_seq(conn, conv)
+                return 0
+            return int(row[0])
+
+        return await self._read(run)
+
+    # -- users' data ------------------------------------------------------------------
+
+    async def export_user(self, user: str) -> dict[str, Any]:
+        """Everything stored about ``user``, read in one consistent snapshot.
+
+        The result is JSON-ready: ``memberships``, ``messages`` (the messages they sent,
+        bodies base64-encoded under ``body_base64``), ``cursors`` and ``read_marks``.
+        """
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+            conn.execute("BEGIN")
+            try:
+                memberships = conn.execute(
+                    "SELECT members.conv, conversations.kind, conversations.title, "
+                    "members.role, members.joined_seq FROM members JOIN conversations "
+                    "ON conversations.id = members.conv WHERE members.user = ? "
+                    "ORDER BY members.conv",
+                    (user,),
+                ).fetchall()
+                messages = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender = ? ORDER BY conv, seq",
+                    (user,),
+                ).fetchall()
+                cursors = conn.execute(
+                    "SELECT device, conv, seq FROM cursors WHERE user = ? ORDER BY device, conv",
+                    (user,),
+                ).fetchall()
+                marks = conn.execute(
+                    "SELECT conv, seq FROM read_marks WHERE user = ? ORDER BY conv", (user,)
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return {
+                "format": EXPORT_FORMAT,
+                "user": user,
+                "exported_at": time.time(),
+                "memberships": [
+                    {"conv": c, "kind": k, "title": t, "role": r, "joined_seq": j}
+                    for c, k, t, r, j in memberships
+                ],
+                "messages": [_exported_message(_message_from_row(row)) for row in messages],
+                "cursors": [{"device": d, "conv": c, "seq": s} for d, c, s in cursors],
+                "read_marks": [{"conv": c, "seq": s} for c, s in marks],
+            }
+
+        return await self._read(run)
+
+    async def erase_user(self, user: str) -> ErasureResult:
+        """Erases ``user``'s data; see :meth:`Store.erase_user`.
+
+        Erased bodies are overwritten with zeros in the database file (``secure_delete``
+        for this transaction), and the WAL is then checkpointed and truncated when no
+        reader holds it, so the old bodies do not linger in it either (best effort).
+        """
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> ErasureResult:
+            # Some builds default to secure_delete on, some off: force it for this
+            # transaction and restore the connection's setting afterwards.
+            previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                messages = conn.execute(
+                    "UPDATE messages SET body = x'', device = '', kind = ? "
+                    "WHERE sender = ? AND kind != ?",
+                    (ERASED_KIND, user, ERASED_KIND),
+                ).rowcount
+                memberships = conn.execute("DELETE FROM members WHERE user = ?", (user,)).rowcount
+                cursors = conn.execute("DELETE FROM cursors WHERE user = ?", (user,)).rowcount
+                marks = conn.execute("DELETE FROM read_marks WHERE user = ?", (user,)).rowcount
+                conn.execute(
+                    "DELETE FROM direct_pairs WHERE user_lo = ? OR user_hi = ?", (user, user)
+                )
+            finally:
+                conn.execute(f"PRAGMA secure_delete = {previous}")
+            return ErasureResult(messages, memberships, cursors, marks)
+
+        result = await self._submit(run)
+        writer = self._writer
+        loop = self._loop
+        if writer is not None and loop is not None and self._state == "open":
+            await loop.run_in_executor(writer, self._truncate_wal)
+        return result
+
+    def _truncate_wal(self) -> None:
+        conn = self._wconn
+        if conn is None:
+            return
+        # Best effort: a later checkpoint overwrites the frames anyway.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+# -- helpers that run on a store thread inside a transaction ---------------------------
+
+
+def _last_seq(conn: sqlite3.Connection, conv: int) -> int:
+    row = conn.execute("SELECT last_seq FROM conversations WHERE id = ?", (conv,)).fetchone()
+    if row is None:
+        raise ConversationNotFoundError(conv)
+    return int(row[0])
+
+
+def _conversation(conn: sqlite3.Connection, conv: int) -> Conversation:
+    row = conn.execute(
+        "SELECT kind, title, created_at FROM conversations WHERE id = ?", (conv,)
+    ).fetchone()
+    if row is None:
+        raise ConversationNotFoundError(conv)
+    kind, title, created_at = row
+    return Conversation(conv, cast(ConversationKind, kind), title, created_at)
+
+
+def _group(conn: sqlite3.Connection, conv: int, operation: str) -> Conversation:
+    found = _conversation(conn, conv)
+    if found.kind != "group":
+        raise ConversationKindError(conv, found.kind, operation)
+    return found
+
+
+def _insert_conversation(
+    conn: sqlite3.Connection, kind: ConversationKind, title: str
+) -> Conversation:
+    now = time.time()
+    row = conn.execute(
+        "INSERT INTO conversations (kind, title, created_at) VALUES (?, ?, ?) RETURNING id",
+        (kind, title, now),
+    ).fetchall()
+    return Conversation(int(row[0][0]), kind, title, now)
+
+
+def _check_not_past_end(conn: sqlite3.Connection, conv: int, seq: int) -> None:
+    last = _last_seq(conn, conv)
+    if seq > last:
+        raise StoreArgumentError(
+            "seq",
+            f"seq {seq} is past the last message ({last}) of conversation {conv}: a cursor "
+            f"or read mark can only point at a stored message",
+        )
+
+
+def _check_title(title: str) -> None:
+    if not isinstance(title, str):
+        raise StoreArgumentError("title", f"title must be a str, got {type(title).__name__}")
+
+
+def _check_device(device: str) -> None:
+    if not isinstance(device, str):
+        raise StoreArgumentError("device", f"device must be a str, got {device!r:.60}")
+
+
+def _exported_message(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "conv": message.conv,
+        "seq": message.seq,
+        "device": message.device,
+        "cmid": message.cmid,
+        "kind": message.kind,
+        "created_at": message.created_at,
+        "body_base64": base64.b64encode(message.body).decode("ascii"),
+    }
