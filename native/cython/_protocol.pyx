@@ -28,6 +28,8 @@ cdef enum:
     READ_SIZE = 65536
 
 OP_TEXT = 1
+#: How long a connection we ended on an error keeps draining input before closing.
+LINGER_SECONDS = 2.0
 OP_BINARY = 2
 
 cdef class WebSocketProtocol:
@@ -41,6 +43,7 @@ cdef class WebSocketProtocol:
     cdef bw_conn *_conn
     cdef public object transport
     cdef bint _writing_paused
+    cdef object _linger
     cdef readonly unsigned long long messages_in
     cdef readonly unsigned long long bytes_in
 
@@ -80,6 +83,9 @@ cdef class WebSocketProtocol:
         return False
 
     def connection_lost(self, exc):
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self.closed(exc)
         self.transport = None
 
@@ -99,6 +105,7 @@ cdef class WebSocketProtocol:
 
     cdef _process(self):
         cdef bw_event ev
+        cdef bint linger = False
         while bw_conn_poll(self._conn, &ev):
             if ev.kind == BW_EV_TEXT or ev.kind == BW_EV_BINARY:
                 self.messages_in += 1
@@ -106,13 +113,31 @@ cdef class WebSocketProtocol:
             elif ev.kind == BW_EV_REQUEST:
                 self._on_request()
             elif ev.kind == BW_EV_CLOSED or ev.kind == BW_EV_FAILED or ev.kind == BW_EV_REJECTED:
+                # We end a connection the peer may still be writing to: linger.
+                linger = ev.kind != BW_EV_CLOSED
                 self.closing(ev.code, ev.reason[:ev.reason_len].decode("utf-8", "replace")
                              if ev.reason_len else "")
             # Pings are answered by the engine; pongs need nothing.
         self.flush()
         if bw_conn_phase(self._conn) == BW_CLOSED and self.transport is not None:
-            # asyncio's close() sends what is buffered before closing.
-            self.transport.close()
+            if linger:
+                self._lingering_close()
+            elif self._linger is None:
+                # The close handshake is complete; asyncio's close() sends what
+                # is buffered before closing.
+                self.transport.close()
+
+    cdef _lingering_close(self):
+        # Closing a socket with unread input makes the kernel send RST, which can
+        # destroy our close frame or error response before the peer reads it. So
+        # shut our side, keep discarding input (the engine drops it once closed)
+        # until the peer closes or LINGER_SECONDS pass, then close.
+        if self._linger is not None:
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(
+            LINGER_SECONDS, self.transport.close)
 
     cdef _on_request(self):
         cdef const uint8_t *ptr

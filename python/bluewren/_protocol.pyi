@@ -7,6 +7,7 @@ from typing_extensions import disjoint_base
 
 OP_TEXT: int
 OP_BINARY: int
+LINGER_SECONDS: float
 
 @disjoint_base
 class WebSocketProtocol:
