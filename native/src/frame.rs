@@ -11,10 +11,6 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::errors::{with_attrs, FrameError};
 
-fn frame_err(e: frame::FrameError) -> PyErr {
-    FrameError::new_err(e.to_string())
-}
-
 fn to_tuple<'py>(py: Python<'py>, f: &FrameRef<'_>) -> PyResult<Bound<'py, PyTuple>> {
     let h = f.header;
     (
@@ -101,7 +97,8 @@ fn encode_frames<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
-/// Decodes every frame in `data` (a whole message) into a list of tuples.
+/// Decodes every frame in `data` (a whole message) into a list of tuples. On
+/// bad input raises `FrameError` whose `frames` holds the frames before it.
 #[pyfunction]
 #[pyo3(signature = (data, max_body = FrameLimits::default().max_body))]
 fn decode_frames<'py>(
@@ -112,7 +109,13 @@ fn decode_frames<'py>(
     let limits = FrameLimits { max_body };
     let list = PyList::empty(py);
     for f in frame::frames(data, &limits) {
-        list.append(to_tuple(py, &f.map_err(frame_err)?)?)?;
+        match f {
+            Ok(f) => list.append(to_tuple(py, &f)?)?,
+            Err(e) => {
+                let attrs = [("frames", list.into_any().unbind())];
+                return Err(with_attrs::<FrameError>(py, e.to_string(), &attrs));
+            }
+        }
     }
     Ok(list)
 }

@@ -11,7 +11,9 @@ The native primitives (Rust, through PyO3) are re-exported here:
 - ``Compressor`` / ``Decompressor`` / ``train_dictionary``: zstd with a bounded
   output size.
 
-The event-loop side lives in ``bluewren.protocol`` (Cython).
+The event-loop side lives in ``bluewren.protocol`` (Cython); the IM node in
+``bluewren.node`` (``Node``, ``NodeConfig``); the asyncio client in
+``bluewren.client`` (``Client``, ``connect``).
 """
 
 from bluewren._native import (
@@ -49,6 +51,10 @@ from bluewren._native import (
     train_dictionary,
 )
 
+# After the native names: the node and client import them from this package.
+from bluewren.client import Client, connect
+from bluewren.node import Node, NodeConfig
+
 __all__ = [
     "FLAG_COMPRESSED",
     "FLAG_DICT",
@@ -58,6 +64,7 @@ __all__ = [
     "PUSH_OVERFLOW",
     "PUSH_QUEUED",
     "BoundedLoad",
+    "Client",
     "CompressionError",
     "Compressor",
     "Decompressor",
@@ -66,6 +73,8 @@ __all__ = [
     "FrameError",
     "HandshakeError",
     "HashRing",
+    "Node",
+    "NodeConfig",
     "Outbox",
     "RingError",
     "WebSocketError",
@@ -73,6 +82,7 @@ __all__ = [
     "__version__",
     "accept_key",
     "client_handshake",
+    "connect",
     "decode_frames",
     "encode_frame",
     "encode_frames",

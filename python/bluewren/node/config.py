@@ -1,0 +1,170 @@
+"""The node's configuration: one frozen, validated object.
+
+``NodeConfig`` is checked once, when it is built; a bad value raises
+:class:`NodeConfigError` naming the field. The token secret comes from the config, else
+from the environment (``BLUEWREN_TOKEN_SECRET``), else from a random secret created
+once in the data directory, so ``bluewren serve`` and ``bluewren token`` agree with no
+setup at all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from bluewren.errors import BlueWrenError
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SECRET_ENV",
+    "SECRET_FILE",
+    "NodeConfig",
+    "NodeConfigError",
+    "resolve_token_secret",
+]
+
+SECRET_ENV: Final = "BLUEWREN_TOKEN_SECRET"
+"""Environment variable holding the token secret (at least 32 characters)."""
+
+DEFAULT_PORT: Final = 8470
+"""The port a node listens on unless told otherwise."""
+
+SECRET_FILE: Final = "token_secret"
+"""File in the data directory holding the generated token secret."""
+
+
+class NodeConfigError(BlueWrenError, ValueError):
+    """A configuration value is invalid; ``field`` names it."""
+
+    field: str
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[type[NodeConfigError], tuple[str, str]]:
+        return (type(self), (self.field, str(self).split(": ", 1)[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Settings of one node.
+
+    ``port`` 0 picks a free port (read it back from ``Node.port``). ``token_secret``
+    None means: use :func:`resolve_token_secret`. ``max_message_bytes`` bounds a SEND
+    body; a WebSocket message may be up to ``max_message_bytes + 64 KiB`` (room for
+    headers, envelopes and several frames), past which the connection closes with 1009.
+    ``hello_timeout`` is how long a connection may stay unauthenticated (seconds).
+    ``outbox_*`` are the per-connection fan-out limits in bytes; a connection whose
+    outbox would exceed ``outbox_max_bytes`` is closed with 4008.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path("bluewren-data")
+    token_secret: str | None = None
+    max_message_bytes: int = 256 * 1024
+    hello_timeout: float = 10.0
+    outbox_low_water: int = 64 * 1024
+    outbox_high_water: int = 1024 * 1024
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise NodeConfigError("host", f"must be a non-empty address, got {self.host!r}")
+        if not _is_int(self.port) or not 0 <= self.port <= 65535:
+            raise NodeConfigError("port", f"must be an integer in 0..65535, got {self.port!r}")
+        if not isinstance(self.data_dir, Path):
+            if not isinstance(self.data_dir, str) or not self.data_dir:
+                raise NodeConfigError(
+                    "data_dir", f"must be a directory path, got {self.data_dir!r}"
+                )
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.token_secret is not None and (
+            not isinstance(self.token_secret, str) or len(self.token_secret) < 32
+        ):
+            raise NodeConfigError(
+                "token_secret", "must be a string of at least 32 random characters (or None)"
+            )
+        if not _is_int(self.max_message_bytes) or not 1 <= self.max_message_bytes <= 1 << 20:
+            raise NodeConfigError(
+                "max_message_bytes",
+                f"must be an integer in 1..1048576 (the frame limit), got "
+                f"{self.max_message_bytes!r}",
+            )
+        if (
+            not isinstance(self.hello_timeout, int | float)
+            or isinstance(self.hello_timeout, bool)
+            or not 0 < self.hello_timeout <= 3600
+        ):
+            raise NodeConfigError(
+                "hello_timeout",
+                f"must be a number of seconds in (0, 3600], got {self.hello_timeout!r}",
+            )
+        for name in ("outbox_low_water", "outbox_high_water", "outbox_max_bytes"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise NodeConfigError(name, f"must be an integer >= 0, got {value!r}")
+        if not self.outbox_low_water <= self.outbox_high_water <= self.outbox_max_bytes:
+            raise NodeConfigError(
+                "outbox_high_water",
+                "outbox limits must satisfy outbox_low_water <= outbox_high_water <= "
+                f"outbox_max_bytes, got {self.outbox_low_water}, {self.outbox_high_water}, "
+                f"{self.outbox_max_bytes}",
+            )
+        if self.outbox_max_bytes < self.max_message_bytes + 4096:
+            raise NodeConfigError(
+                "outbox_max_bytes",
+                f"must hold at least one largest message (max_message_bytes + 4096 = "
+                f"{self.max_message_bytes + 4096}), got {self.outbox_max_bytes}",
+            )
+        if self.sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise NodeConfigError(
+                "sqlite_synchronous",
+                f"must be 'NORMAL' or 'FULL', got {self.sqlite_synchronous!r}",
+            )
+
+    @property
+    def max_ws_message_bytes(self) -> int:
+        """The largest WebSocket message accepted (larger ones close with 1009)."""
+        return self.max_message_bytes + 64 * 1024
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file in the data directory."""
+        return self.data_dir / "bluewren.db"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resolve_token_secret(data_dir: Path, configured: str | None = None) -> str:
+    """The token secret: ``configured``, else ``$BLUEWREN_TOKEN_SECRET``, else the file
+    ``data_dir/token_secret`` (created with a random secret, mode 0600, on first use)."""
+    if configured is not None:
+        return configured
+    env = os.environ.get(SECRET_ENV)
+    if env:
+        if len(env) < 32:
+            raise NodeConfigError(SECRET_ENV, "must hold at least 32 random characters")
+        return env
+    path = data_dir / SECRET_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+        if len(secret) < 32:
+            raise NodeConfigError(
+                "token_secret", f"{path} holds fewer than 32 characters: delete it"
+            ) from None
+        return secret
+    secret = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
