@@ -1,6 +1,7 @@
 # BlueWren: `make run` starts a node on its embedded defaults, `make test` runs everything CI runs.
 PYTHON ?= python3
-PORT ?= 9001
+PORT ?= 8470
+DATA_DIR ?= bluewren-data
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export PIP_ROOT_USER_ACTION = ignore
 
@@ -10,9 +11,9 @@ export PIP_ROOT_USER_ACTION = ignore
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-## Run a node on its defaults (today: the WebSocket echo server on 127.0.0.1:$(PORT)).
+## Run a node on its embedded defaults: SQLite store in $(DATA_DIR), ws://127.0.0.1:$(PORT)/.
 run: install
-	$(PYTHON) -m bluewren.echo --port $(PORT)
+	$(PYTHON) -m bluewren serve --port $(PORT) --data-dir $(DATA_DIR)
 
 ## Everything CI checks: formatting, lints, types, Rust tests, Python tests.
 test: install lint rust-test py-test
