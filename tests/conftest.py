@@ -1,7 +1,9 @@
-"""Shared fixtures: BlueWren servers run as subprocesses on loopback."""
+"""Shared fixtures: the event loops every suite runs on, and BlueWren servers
+run as subprocesses on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import selectors
@@ -11,15 +13,45 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any, Protocol, TypeVar
 
 import pytest
+import uvloop
+
+T = TypeVar("T")
+
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+"""The event loops every suite runs on: uvloop and the standard library's."""
 
 LOOPS = ("uvloop", "asyncio")
-"""The event loops every server-side suite runs on."""
+"""Their names, for servers started as subprocesses (``--loop NAME``)."""
+
+
+class Run(Protocol):
+    """Runs a coroutine to completion on the test's event loop."""
+
+    def __call__(self, coro: Coroutine[Any, Any, T], /) -> T: ...
+
+
+@pytest.fixture(params=sorted(LOOP_FACTORIES))
+def loop_name(request: pytest.FixtureRequest) -> str:
+    """The name of the event loop this test runs on (the test runs once per loop)."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def run(loop_name: str) -> Iterator[Run]:
+    """A runner on a fresh event loop of the parametrized kind."""
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as runner:
+        yield runner.run
+
 
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 15.0

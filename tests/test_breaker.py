@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 import uvloop
@@ -26,29 +26,9 @@ from bluewren.breaker import (
     WindowType,
 )
 from bluewren.errors import BreakerConfigError, CallTimeoutError, CircuitOpenError
+from conftest import Run
 
 T = TypeVar("T")
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-
-
-class Run(Protocol):
-    def __call__(self, coro: Coroutine[Any, Any, T], /) -> T: ...
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def loop_name(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def run(loop_name: str) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        yield runner.run
 
 
 class FakeClock:

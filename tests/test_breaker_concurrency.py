@@ -8,32 +8,16 @@ about counts and states, never about time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-import uvloop
 
 from bluewren.breaker import BreakerConfig, BreakerState, CircuitBreaker, EventKind
 from bluewren.errors import CircuitOpenError
+from conftest import Run
 
 T = TypeVar("T")
 BURST = 1000
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-
-
-class Run(Protocol):
-    def __call__(self, coro: Coroutine[Any, Any, T], /) -> T: ...
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
-        yield runner.run
 
 
 class FakeClock:

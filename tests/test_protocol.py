@@ -5,25 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import Awaitable, Callable, Iterator
-
-import pytest
-import uvloop
+from collections.abc import Callable
 
 import bluewren
 from bluewren.protocol import OP_BINARY, OP_TEXT, BufferedWebSocketProtocol
+from conftest import Run
 
-LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Awaitable[None]], None]]:
-    with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
-
-        def go(coro: Awaitable[None]) -> None:
-            runner.run(asyncio.wait_for(coro, 10))  # type: ignore[arg-type]
-
-        yield go
+TIMEOUT = 10.0
 
 
 class Recorder(BufferedWebSocketProtocol):
@@ -94,7 +82,7 @@ def port_of(server: asyncio.Server) -> int:
     return int(server.sockets[0].getsockname()[1])
 
 
-def test_hooks_choose_subprotocol_and_see_request_headers(run: Callable[..., None]) -> None:
+def test_hooks_choose_subprotocol_and_see_request_headers(run: Run) -> None:
     protocols: list[Recorder] = []
 
     async def main() -> None:
@@ -106,12 +94,12 @@ def test_hooks_choose_subprotocol_and_see_request_headers(run: Callable[..., Non
         client.writer.close()
         server.close()
 
-    run(main())
+    run(asyncio.wait_for(main(), TIMEOUT))
     assert protocols[0].events[0] == ("request", ("/room", ["json", "chat"], "acme"))
     assert protocols[0].events[1] == ("message", (OP_TEXT, b"hello"))
 
 
-def test_rejected_upgrade_answers_the_status_and_closes(run: Callable[..., None]) -> None:
+def test_rejected_upgrade_answers_the_status_and_closes(run: Run) -> None:
     async def main() -> None:
         server = await serve(Recorder)
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
@@ -120,10 +108,10 @@ def test_rejected_upgrade_answers_the_status_and_closes(run: Callable[..., None]
         assert response.startswith(b"HTTP/1.1 403")
         server.close()
 
-    run(main())
+    run(asyncio.wait_for(main(), TIMEOUT))
 
 
-def test_all_replies_of_one_read_leave_in_one_write(run: Callable[..., None]) -> None:
+def test_all_replies_of_one_read_leave_in_one_write(run: Run) -> None:
     writes: list[bytes] = []
 
     class CountingTransport(Recorder):
@@ -150,12 +138,12 @@ def test_all_replies_of_one_read_leave_in_one_write(run: Callable[..., None]) ->
         client.writer.close()
         server.close()
 
-    run(main())
+    run(asyncio.wait_for(main(), TIMEOUT))
     # The burst may arrive in more than one read, but never one write per message.
     assert 1 <= len(writes) <= 5, f"{len(writes)} writes for 100 replies"
 
 
-def test_frames_pipelined_with_the_handshake_are_not_lost(run: Callable[..., None]) -> None:
+def test_frames_pipelined_with_the_handshake_are_not_lost(run: Run) -> None:
     async def main() -> None:
         server = await serve(Recorder)
         early = bluewren.encode_ws_frame(OP_TEXT, b"early", mask=b"wxyz")
@@ -165,10 +153,10 @@ def test_frames_pipelined_with_the_handshake_are_not_lost(run: Callable[..., Non
         client.writer.close()
         server.close()
 
-    run(main())
+    run(asyncio.wait_for(main(), TIMEOUT))
 
 
-def test_message_over_the_limit_closes_with_1009(run: Callable[..., None]) -> None:
+def test_message_over_the_limit_closes_with_1009(run: Run) -> None:
     protocols: list[Recorder] = []
 
     def factory() -> Recorder:
@@ -184,7 +172,7 @@ def test_message_over_the_limit_closes_with_1009(run: Callable[..., None]) -> No
         assert int.from_bytes(payload[:2], "big") == 1009
         server.close()
 
-    run(main())
+    run(asyncio.wait_for(main(), TIMEOUT))
     assert protocols[0].events[-1][0] == "closing"
     assert protocols[0].events[-1][1][0] == 1009  # type: ignore[index]
 

@@ -19,12 +19,10 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-import uvloop
 
 from bluewren.errors import (
     BlueWrenError,
@@ -52,29 +50,9 @@ from bluewren.store import (
     apply_migrations,
     schema_version,
 )
+from conftest import Run
 
 T = TypeVar("T")
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-
-
-class Run(Protocol):
-    def __call__(self, coro: Coroutine[Any, Any, T], /) -> T: ...
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def loop_name(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def run(loop_name: str) -> Iterator[Run]:
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        yield runner.run
 
 
 @pytest.fixture
