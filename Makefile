@@ -21,8 +21,8 @@ test: install lint rust-test py-test
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(PYTHON) -m ruff check $(wildcard python tests benchmarks loadtest)
-	$(PYTHON) -m ruff format --check $(wildcard python tests benchmarks loadtest)
+	$(PYTHON) -m ruff check $(wildcard python tests benchmarks loadtest examples tools)
+	$(PYTHON) -m ruff format --check $(wildcard python tests benchmarks loadtest examples tools)
 	$(PYTHON) -m mypy
 	$(MAKE) stubtest
 

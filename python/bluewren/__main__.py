@@ -11,30 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bluewren.auth import TokenIssuer
 from bluewren.errors import BlueWrenError
-from bluewren.node import Node, NodeConfig, resolve_token_secret
+from bluewren.node import NodeConfig, resolve_token_secret
 from bluewren.node.config import DEFAULT_PORT
+from bluewren.node.lifecycle import config_overrides, serve
 
 DEFAULT_DATA_DIR = "bluewren-data"
-
-
-async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
-    """Runs a node until SIGINT/SIGTERM (or until ``stop`` is set)."""
-    loop = asyncio.get_running_loop()
-    stop = stop or asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with Node(config) as node:
-        print(f"bluewren node listening on {node.url}", flush=True)
-        await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +33,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free)")
     p_serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="store and secret directory")
     p_serve.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p_serve.add_argument(
+        "--tcp-port", type=int, default=None, help="raw TCP listener port (off; 0: any free)"
+    )
+    p_serve.add_argument(
+        "--shutdown-timeout", type=float, default=10.0, help="graceful stop bound, seconds (10)"
+    )
+    p_serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other NodeConfig field, e.g. --set send_rate=1000 (repeatable)",
+    )
     p_token = sub.add_parser("token", help="print an access token")
     p_token.add_argument("user")
     p_token.add_argument("--device", default="default")
@@ -57,13 +57,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             secret = resolve_token_secret(Path(args.data_dir))
             print(TokenIssuer(secret).mint(args.user, args.device, ttl=args.ttl))
             return 0
-        config = NodeConfig(host=args.host, port=args.port, data_dir=Path(args.data_dir))
+        config = NodeConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=Path(args.data_dir),
+            tcp_port=args.tcp_port,
+            shutdown_timeout=args.shutdown_timeout,
+            **config_overrides(args.set),
+        )
         if args.loop == "uvloop":
             import uvloop
 
-            uvloop.run(serve(config))
-        else:
-            asyncio.run(serve(config))
+            return uvloop.run(serve(config))
+        return asyncio.run(serve(config))
     except BlueWrenError as exc:
         print(f"bluewren: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,9 @@ from typing import Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
 from bluewren import (
+    FLAG_COMPRESSED,
+    FLAG_DICT,
+    Decompressor,
     WsDecoder,
     client_handshake,
     decode_frames,
@@ -47,8 +50,19 @@ from bluewren.node.commands import (
     Kind,
     decode_envelope,
 )
+from bluewren.node.compression import CAP_ZSTD, load_dictionary
 
-__all__ = ["Ack", "Client", "ClientError", "ConnectionLost", "Conversation", "Event", "connect"]
+__all__ = [
+    "Ack",
+    "Client",
+    "ClientError",
+    "ConnectionLost",
+    "Conversation",
+    "Event",
+    "HistoryPage",
+    "Presence",
+    "connect",
+]
 
 _OP_TEXT: Final = 1
 _OP_BINARY: Final = 2
@@ -100,9 +114,22 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class Presence:
+    """A user's presence: ``status`` ``"online"`` or ``"offline"``; ``last_seen`` is when
+    their last device disconnected (seconds since the epoch; None if unknown or online)."""
+
+    user: str
+    status: str
+    last_seen: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
-    """Something the node pushed: ``kind`` is ``"deliver"``, ``"conversation"`` or
-    ``"error"``. For deliveries ``sender``, ``device`` and ``body`` are set."""
+    """Something the node pushed: ``kind`` is ``"deliver"``, ``"conversation"``,
+    ``"presence"``, ``"typing"``, ``"receipt"`` or ``"error"``. For deliveries ``sender``,
+    ``device`` and ``body`` are set; for typing ``sender`` and ``device``; for receipts
+    ``sender`` (whose mark moved), ``seq`` (the mark) and ``data["type"]`` (``"read"`` or
+    ``"delivered"``); for presence ``data["users"]``. ``data`` holds the event's JSON."""
 
     kind: str
     conv: int
@@ -114,6 +141,16 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One HISTORY page: ``messages`` (``"deliver"`` events, oldest first) and whether
+    ``more`` exist in the direction asked."""
+
+    conv: int
+    messages: list[Event]
+    more: bool
+
+
 TokenSource = str | Callable[[], str]
 
 
@@ -121,7 +158,9 @@ class Client:
     """One client connection with automatic reconnect; see the module docstring.
 
     ``token`` is a token or a function returning a fresh one (called on every connect).
-    ``retries`` bounds the reconnect attempts of one ``send``.
+    ``retries`` bounds the reconnect attempts of one ``send``. ``compression=True`` asks
+    the node (binary protocol only) for zstd with the shipped dictionary on what it
+    sends; ``self.compression`` then holds what the node agreed (``"zstd-dict"`` or None).
     """
 
     def __init__(
@@ -133,6 +172,7 @@ class Client:
         reconnect: bool = True,
         retries: int = 5,
         timeout: float = 10.0,
+        compression: bool = False,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "ws" or not parts.hostname:
@@ -146,6 +186,10 @@ class Client:
         self.reconnect = reconnect
         self.retries = retries
         self.timeout = timeout
+        self.compression: str | None = None
+        """The compression the node agreed to in WELCOME (None: none)."""
+        self._want_zstd = compression and protocol == "binary"
+        self._unzstd: Decompressor | None = None
         self.cursors: dict[int, int] = {}
         """Per conversation, the highest sequence number received."""
         self.user = ""
@@ -211,9 +255,11 @@ class Client:
         self._read_task = asyncio.ensure_future(self._read_loop(reader, decoder, buf[used:]))
         welcome = self._expect("welcome")
         token = self._token() if callable(self._token) else self._token
-        self._command(Kind.HELLO, body=token.encode(), obj={"token": token})
+        caps = CAP_ZSTD if self._want_zstd else 0
+        self._command(Kind.HELLO, seq=caps, body=token.encode(), obj={"token": token})
         info = await welcome
         self.user, self.device = info["user"], info["device"]
+        self.compression = info.get("compression")
         self._connected = True
         await self.sync()
 
@@ -327,6 +373,81 @@ class Client:
     async def leave(self, conv: int) -> Conversation:
         """Leaves the group ``conv``."""
         return await self._request(Kind.LEAVE, conv, {})
+
+    async def rename(self, conv: int, title: str) -> Conversation:
+        """Sets the title of the group ``conv`` (owner/admin only)."""
+        return await self._request(Kind.RENAME, conv, {"title": title})
+
+    async def set_role(self, conv: int, user: str, role: str) -> Conversation:
+        """Gives ``user`` the ``role`` (``owner``, ``admin`` or ``member``) in ``conv``."""
+        return await self._request(Kind.SET_ROLE, conv, {"user": user, "role": role})
+
+    async def typing(self, conv: int) -> None:
+        """Tells the other online members of ``conv`` that this user is typing."""
+        await self._ensure_connected()
+        self._command(Kind.TYPING, conv=conv, obj={"conv": conv})
+        await self._flush()
+
+    async def mark_read(self, conv: int, seq: int) -> int:
+        """Marks ``conv`` read up to ``seq``; returns the user's read mark (never lower)."""
+        await self._ensure_connected()
+        rid = self.next_cmid()
+        waiter = self._expect("receipt", 0, rid)
+        self._command(
+            Kind.RECEIPT, conv=conv, seq=seq, cmid=rid, obj={"conv": conv, "seq": seq, "cmid": rid}
+        )
+        d = await waiter
+        return int(d["seq"])
+
+    async def history(
+        self,
+        conv: int,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int | None = None,
+    ) -> HistoryPage:
+        """One page of ``conv``'s stored messages: the newest before ``before_seq``, the
+        oldest after ``after_seq``, or (neither given) the newest."""
+        args: dict[str, Any] = {}
+        if before_seq is not None:
+            args["before_seq"] = before_seq
+        if after_seq is not None:
+            args["after_seq"] = after_seq
+        if limit is not None:
+            args["limit"] = limit
+        d = await self._query(Kind.HISTORY, "history", conv, args)
+        messages = [
+            Event(
+                "deliver",
+                conv,
+                int(m["seq"]),
+                int(m["cmid"]),
+                m["sender"],
+                m["device"],
+                m["body"].encode() if "body" in m else base64.b64decode(m["body_b64"]),
+            )
+            for m in d.get("messages", [])
+        ]
+        return HistoryPage(conv, messages, bool(d.get("more", False)))
+
+    async def presence(self, users: list[str]) -> dict[str, Presence]:
+        """The presence of each of ``users``."""
+        d = await self._query(Kind.PRESENCE, "presence", 0, {"users": users})
+        return {e["user"]: _presence(e) for e in d.get("users", [])}
+
+    async def _query(self, kind: Kind, what: str, conv: int, args: dict[str, Any]) -> Any:
+        await self._ensure_connected()
+        rid = self.next_cmid()
+        waiter = self._expect(what, 0, rid)
+        self._command(
+            kind,
+            conv=conv,
+            cmid=rid,
+            body=json.dumps(args).encode(),
+            obj={"conv": conv, **args, "cmid": rid},
+        )
+        return await waiter
 
     async def raw(
         self,
@@ -458,12 +579,21 @@ class Client:
 
     def _dispatch(self, opcode: int, payload: bytes) -> None:
         if opcode == _OP_BINARY:
-            for kind, _f, conv, seq, cmid, body in decode_frames(payload, 1 << 24):
+            for kind, flags, conv, seq, cmid, body in decode_frames(payload, 1 << 24):
+                if flags & FLAG_COMPRESSED:
+                    body = self._decompress(flags, body)
                 self._event(kind, conv, seq, cmid, body, None)
         else:
             obj = json.loads(payload)
             kind = Kind[obj["kind"].upper()]
             self._event(kind, obj.get("conv", 0), obj.get("seq", 0), obj.get("cmid", 0), b"", obj)
+
+    def _decompress(self, flags: int, body: bytes) -> bytes:
+        if not flags & FLAG_DICT:
+            return Decompressor(max_output=1 << 24).decompress(body)
+        if self._unzstd is None:
+            self._unzstd = Decompressor(load_dictionary(), max_output=1 << 24)
+        return self._unzstd.decompress(body)
 
     def _event(
         self, kind: int, conv: int, seq: int, cmid: int, body: bytes, obj: dict[str, Any] | None
@@ -495,6 +625,23 @@ class Client:
             d = {**data(), "conv": conv}
             if not self._resolve(("conversation", 0, cmid), d) or cmid == 0:
                 self._events.put_nowait(Event("conversation", conv, 0, cmid, data=d))
+        elif kind == Kind.PRESENCE:
+            d = data()
+            if not cmid or not self._resolve(("presence", 0, cmid), d):
+                self._events.put_nowait(Event("presence", conv, 0, cmid, data=d))
+        elif kind == Kind.TYPING:
+            d = data()
+            self._events.put_nowait(
+                Event("typing", conv, 0, 0, d.get("user", ""), d.get("device", ""), data=d)
+            )
+        elif kind == Kind.RECEIPT:
+            d = {**data(), "seq": seq}
+            if not cmid or not self._resolve(("receipt", 0, cmid), d):
+                self._events.put_nowait(
+                    Event("receipt", conv, seq, cmid, d.get("user", ""), data=d)
+                )
+        elif kind == Kind.HISTORY:
+            self._resolve(("history", 0, cmid), data())
         elif kind == Kind.ERROR:
             d = data()
             err = ClientError(d.get("code", 0), d.get("message", ""), d.get("retry_after"))
@@ -503,6 +650,9 @@ class Client:
                 "send": ("ack", conv, cmid),
                 "hello": ("welcome", 0, 0),
                 "sync": ("synced", 0, 0),
+                "receipt": ("receipt", 0, cmid),
+                "history": ("history", 0, cmid),
+                "presence": ("presence", 0, cmid),
             }
             key = keys.get(command, ("conversation", 0, cmid))
             future = self._waiters.pop(key, None)
@@ -517,6 +667,11 @@ class Client:
             return False
         future.set_result(value)
         return True
+
+
+def _presence(e: dict[str, Any]) -> Presence:
+    seen = e.get("last_seen")
+    return Presence(str(e["user"]), str(e["status"]), None if seen is None else float(seen))
 
 
 def _conversation(d: dict[str, Any]) -> Conversation:

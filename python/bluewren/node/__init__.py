@@ -7,7 +7,9 @@
         ...  # clients connect to node.url
 
 ``commands`` defines the wire kinds and codes, ``wire`` the two encodings, ``session``
-one connection, ``server`` the node itself, ``config`` its settings.
+one connection, ``server`` the node itself, ``config`` its settings; ``presence``,
+``receipts``, ``history`` and ``groups`` the conversation features, ``limits`` the rate
+limits and ``hooks`` the embedding hooks (docs/embedding.md).
 """
 
 from bluewren.node.commands import (
@@ -20,6 +22,7 @@ from bluewren.node.commands import (
     encode_envelope,
 )
 from bluewren.node.config import NodeConfig, NodeConfigError, resolve_token_secret
+from bluewren.node.hooks import MessageContext, Reject, Rewrite
 from bluewren.node.server import Node
 from bluewren.node.session import Session
 
@@ -29,9 +32,12 @@ __all__ = [
     "CloseCode",
     "ErrorCode",
     "Kind",
+    "MessageContext",
     "Node",
     "NodeConfig",
     "NodeConfigError",
+    "Reject",
+    "Rewrite",
     "Session",
     "decode_envelope",
     "encode_envelope",

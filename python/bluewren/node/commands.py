@@ -59,12 +59,28 @@ class Kind(IntEnum):
     REMOVE_MEMBER = 0x33
     """Command. ``conv``; body: JSON ``{"user": user}`` (owner/admin only)."""
     LEAVE = 0x34
-    """Command. ``conv``: the caller leaves the group."""
+    """Command. ``conv``: the caller leaves the group (the last owner must hand over first)."""
+    RENAME = 0x35
+    """Command. ``conv``, ``cmid``; body: JSON ``{"title": str}`` (owner/admin only)."""
+    SET_ROLE = 0x36
+    """Command. ``conv``, ``cmid``; body: JSON ``{"user": user, "role": role}``."""
     CONVERSATION = 0x38
     """Event. ``conv``, ``cmid`` of the request (0 if pushed); body: JSON description."""
 
     CURSOR = 0x40
     """Command. ``conv``, ``seq``: this device has everything up to ``seq``. No reply."""
+    RECEIPT = 0x41
+    """Command: ``conv``, ``seq``, ``cmid``: the user has read up to ``seq``. Event: ``conv``,
+    ``seq``, ``cmid`` (of the request, else 0); body: JSON ``{user, type}``, ``type`` being
+    ``"read"`` or ``"delivered"``."""
+    TYPING = 0x42
+    """Command: ``conv``. Event: ``conv``; body: JSON ``{user, device}``. Never stored."""
+    PRESENCE = 0x44
+    """Command: ``cmid``; body: JSON ``{"users": [user, ...]}``. Event: ``cmid`` (of the
+    query, else 0); body: JSON ``{"users": [{user, status, last_seen}, ...]}``."""
+    HISTORY = 0x48
+    """Command: ``conv``, ``cmid``; body: JSON ``{before_seq?, after_seq?, limit?}``. Event:
+    ``conv``, ``cmid``; body: JSON ``{"messages": [...], "more": bool}``."""
 
     ERROR = 0x7F
     """Event. ``conv``, ``cmid`` of the failed command; body: JSON ``{code, name, ...}``."""
@@ -80,7 +96,13 @@ COMMANDS: Final = frozenset(
         Kind.ADD_MEMBERS,
         Kind.REMOVE_MEMBER,
         Kind.LEAVE,
+        Kind.RENAME,
+        Kind.SET_ROLE,
         Kind.CURSOR,
+        Kind.RECEIPT,
+        Kind.TYPING,
+        Kind.PRESENCE,
+        Kind.HISTORY,
     }
 )
 """The kinds a client may send; anything else gets ``ErrorCode.UNKNOWN_KIND``."""
@@ -115,6 +137,12 @@ class ErrorCode(IntEnum):
     SEND with the same ``cmid`` is never stored twice)."""
     INTERNAL = 12
     """An unexpected failure in the node; the command may or may not have taken effect."""
+    RATE_LIMITED = 13
+    """The connection sent faster than its rate limit; nothing was done. Retry after
+    ``retry_after`` seconds (a retried SEND with the same ``cmid`` is never stored twice)."""
+    LIMIT_EXCEEDED = 14
+    """The command would pass a configured size limit; ``limit`` names the NodeConfig field
+    and ``max`` its value. Nothing was changed."""
 
 
 class CloseCode(IntEnum):
@@ -126,6 +154,11 @@ class CloseCode(IntEnum):
     """No HELLO arrived within the node's ``hello_timeout``."""
     SLOW_CONSUMER = 4008
     """The client read too slowly and its outbox filled up: reconnect and SYNC."""
+    TRY_AGAIN_LATER = 1013
+    """RFC 6455 "try again later": the node is at ``max_connections``; the reason says
+    after how many seconds to retry."""
+    POLICY_VIOLATION = 1008
+    """RFC 6455 "policy violation": the user is at ``max_devices_per_user``."""
 
 
 _LEN: Final = struct.Struct(">H")

@@ -59,7 +59,24 @@ class NodeConfig:
     headers, envelopes and several frames), past which the connection closes with 1009.
     ``hello_timeout`` is how long a connection may stay unauthenticated (seconds).
     ``outbox_*`` are the per-connection fan-out limits in bytes; a connection whose
-    outbox would exceed ``outbox_max_bytes`` is closed with 4008.
+    outbox would exceed ``outbox_max_bytes`` is closed with 4008. ``shutdown_timeout``
+    bounds a graceful stop: commands in flight get that long to commit and be
+    acknowledged before every connection is closed (1001) and the store is closed.
+    ``tcp_port`` opens the raw TCP listener (bare BlueWren frames, see
+    ``bluewren.node.tcp``) on that port of ``host``; None leaves it off, 0 picks a port.
+
+    Limits (docs/protocol.md, "Limits", says what a client sees at each edge):
+    ``send_rate`` / ``send_burst``: a token bucket per connection for SEND (messages per
+    second, and how many may come at once); past it ERROR ``RATE_LIMITED`` with
+    ``retry_after``. ``max_typing_per_second``: TYPING commands per connection and second
+    (a bucket of that rate and burst). ``max_connections``: connections of the node; the
+    next one is closed with 1013 and a retry hint of ``overload_retry_after`` seconds.
+    ``max_devices_per_user``: distinct devices of one user connected at once; the next
+    HELLO gets ``LIMIT_EXCEEDED`` and close 1008. ``max_groups_per_user`` and
+    ``max_group_members`` bound CREATE_GROUP and ADD_MEMBERS (``LIMIT_EXCEEDED``).
+    ``max_history_page`` caps the ``limit`` of HISTORY; ``max_presence_query`` the users
+    of one PRESENCE query. ``receipts_max_members``: RECEIPT events are pushed to the
+    members of conversations with at most this many members (none above it).
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +89,19 @@ class NodeConfig:
     outbox_high_water: int = 1024 * 1024
     outbox_max_bytes: int = 8 * 1024 * 1024
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    shutdown_timeout: float = 10.0
+    tcp_port: int | None = None
+    send_rate: float = 50.0
+    send_burst: int = 100
+    max_typing_per_second: int = 3
+    max_connections: int = 100_000
+    overload_retry_after: float = 5.0
+    max_devices_per_user: int = 10
+    max_groups_per_user: int = 1_000
+    max_group_members: int = 20_000
+    max_history_page: int = 200
+    max_presence_query: int = 500
+    receipts_max_members: int = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -122,10 +152,54 @@ class NodeConfig:
                 f"must hold at least one largest message (max_message_bytes + 4096 = "
                 f"{self.max_message_bytes + 4096}), got {self.outbox_max_bytes}",
             )
+        if (
+            not isinstance(self.shutdown_timeout, int | float)
+            or isinstance(self.shutdown_timeout, bool)
+            or not 0 < self.shutdown_timeout <= 3600
+        ):
+            raise NodeConfigError(
+                "shutdown_timeout",
+                f"must be a number of seconds in (0, 3600], got {self.shutdown_timeout!r}",
+            )
+        if self.tcp_port is not None and (
+            not _is_int(self.tcp_port) or not 0 <= self.tcp_port <= 65535
+        ):
+            raise NodeConfigError(
+                "tcp_port", f"must be None (off) or an integer in 0..65535, got {self.tcp_port!r}"
+            )
         if self.sqlite_synchronous not in ("NORMAL", "FULL"):
             raise NodeConfigError(
                 "sqlite_synchronous",
                 f"must be 'NORMAL' or 'FULL', got {self.sqlite_synchronous!r}",
+            )
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        for name in ("send_rate", "overload_retry_after"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0 < value <= 1_000_000
+            ):
+                raise NodeConfigError(name, f"must be a number in (0, 1000000], got {value!r}")
+        for name in (
+            "send_burst",
+            "max_typing_per_second",
+            "max_connections",
+            "max_devices_per_user",
+            "max_groups_per_user",
+            "max_group_members",
+            "max_history_page",
+            "max_presence_query",
+            "receipts_max_members",
+        ):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise NodeConfigError(name, f"must be an integer >= 1, got {value!r}")
+        if self.max_group_members < 2:
+            raise NodeConfigError(
+                "max_group_members", f"must allow at least 2 members, got {self.max_group_members}"
             )
 
     @property

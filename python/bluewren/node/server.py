@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
-from typing import Any, Final
+import secrets
+import time
+from collections.abc import Callable, Collection, Coroutine, Iterable
+from typing import Any, Final, cast
 
 from bluewren import (
     FLAG_COMPRESSED,
@@ -40,7 +42,7 @@ from bluewren import (
     encode_frame,
     encode_ws_frame,
 )
-from bluewren.auth import TokenIssuer
+from bluewren.auth import Identity, TokenIssuer
 from bluewren.errors import (
     AuthError,
     ConversationKindError,
@@ -51,7 +53,14 @@ from bluewren.errors import (
     StoreUnavailableError,
 )
 from bluewren.node.commands import COMMANDS, CloseCode, ErrorCode, Kind, encode_envelope
+from bluewren.node.compression import CAP_ZSTD, COMPRESSION_NAME, DictCodec
 from bluewren.node.config import NodeConfig, resolve_token_secret
+from bluewren.node.groups import add_members, create_group, leave, remove_member, rename, set_role
+from bluewren.node.history import history
+from bluewren.node.hooks import AfterStore, Hooks, MessageContext, OnConnect, OnMessage
+from bluewren.node.limits import ConnectionLimits, limit_exceeded
+from bluewren.node.presence import Presence, presence_query, typing
+from bluewren.node.receipts import Receipts, read_receipt
 from bluewren.node.session import Session
 from bluewren.node.wire import OP_BINARY, OP_TEXT, Command, CommandError, JsonCodec
 from bluewren.store import Conversation, Member, SQLiteStore, Store, StoredMessage
@@ -78,6 +87,8 @@ class Node:
     ``store`` defaults to a :class:`~bluewren.store.SQLiteStore` in ``config.data_dir``
     (the node opens and closes it); a store passed in must be open and stays open.
     ``issuer`` defaults to a :class:`~bluewren.auth.TokenIssuer` on the resolved secret.
+    ``on_connect``, ``on_message`` and ``after_store`` are the embedding hooks
+    (:mod:`bluewren.node.hooks`); they can also be set later on ``node.hooks``.
     """
 
     def __init__(
@@ -86,6 +97,9 @@ class Node:
         *,
         store: Store | None = None,
         issuer: TokenIssuer | None = None,
+        on_connect: OnConnect | None = None,
+        on_message: OnMessage | None = None,
+        after_store: AfterStore | None = None,
     ) -> None:
         self.config: Final = config
         self._store = store
@@ -93,7 +107,9 @@ class Node:
         self._issuer = issuer
         self.fanout: Final = FanOut()
         self._decompressor = Decompressor(max_output=config.max_message_bytes)
+        self._zstd = DictCodec(config.max_message_bytes)
         self._server: asyncio.Server | None = None
+        self._tcp_server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_conn = 0
         self._sessions: dict[int, Session] = {}
@@ -107,6 +123,11 @@ class Node:
         self._dirty: set[Session] = set()
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.hooks: Final = Hooks(on_connect, on_message, after_store)
+        self.presence: Final = Presence(self)
+        self.receipts: Final = Receipts(self)
+        self.limits: Final = ConnectionLimits(config, time.monotonic)
+        self._hello_pending: dict[int, list[Command]] = {}
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -132,6 +153,13 @@ class Node:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def tcp_port(self) -> int:
+        """The port of the raw TCP listener (``config.tcp_port``; the real one if 0)."""
+        if self._tcp_server is None or not self._tcp_server.sockets:
+            raise RuntimeError("the TCP listener is off: set NodeConfig.tcp_port")
+        return int(self._tcp_server.sockets[0].getsockname()[1])
+
+    @property
     def url(self) -> str:
         """``ws://host:port/`` of the node."""
         return f"ws://{self.config.host}:{self.port}/"
@@ -151,30 +179,53 @@ class Node:
         self._server = await self._loop.create_server(
             self._new_session, self.config.host, self.config.port, reuse_address=True
         )
+        if self.config.tcp_port is not None:
+            from bluewren.node.tcp import TcpSession
+
+            def new_tcp_session() -> asyncio.Protocol:
+                self._next_conn += 1
+                return TcpSession(self, self._next_conn)
+
+            self._tcp_server = await self._loop.create_server(
+                new_tcp_session, self.config.host, self.config.tcp_port, reuse_address=True
+            )
 
     async def stop(self) -> None:
-        """Stops listening, closes every connection (1001), waits for commands in flight
-        and closes the store if the node opened it."""
-        if self._server is not None:
-            self._server.close()
+        """Stops gracefully within ``config.shutdown_timeout``: stops accepting and
+        reading, lets commands in flight commit and send their ACKs, closes every
+        connection (1001, "reconnect"), then closes the store if the node opened it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
+        servers = [s for s in (self._server, self._tcp_server) if s is not None]
+        for server in servers:
+            server.close()
         sessions = list(self._sessions.values())
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
         for session in sessions:
-            session.shut(1001, "node stopping")
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=10.0)
-        # Give clean closes a moment, then cut off peers that do not read.
-        for _ in range(100):
+            transport = cast("asyncio.Transport | None", session.transport)
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+        # A task may start another (a membership load): wait until none is left.
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=left)
+        self._flush()
+        for session in sessions:
+            session.shut(1001, "node stopping: reconnect and SYNC")
+        # Give clean closes a moment (at most a second of the bound left), then cut off
+        # peers that do not read.
+        steps = int(max(0.0, min(deadline - loop.time(), 1.0)) / 0.01)
+        for _ in range(steps):
             if all(s.transport is None for s in sessions):
                 break
             await asyncio.sleep(0.01)
         for session in sessions:
-            transport = session.transport
-            if isinstance(transport, asyncio.Transport):
+            transport = cast("asyncio.Transport | None", session.transport)
+            if transport is not None:
                 transport.abort()
-        if self._server is not None:
+        for server in servers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
-            self._server = None
+                await asyncio.wait_for(server.wait_closed(), max(0.1, deadline - loop.time()))
+        self._server = self._tcp_server = None
         if self._owns_store and self._store is not None:
             await self._store.close()
             self._store = None
@@ -193,9 +244,17 @@ class Node:
     # -- registry (called by sessions) -----------------------------------------------
 
     def session_opened(self, session: Session) -> None:
-        """A connection finished its upgrade: give it an outbox."""
-        self._sessions[session.conn_id] = session
+        """A connection finished its upgrade: give it an outbox (past ``max_connections``,
+        close it with 1013 and a retry hint instead)."""
         c = self.config
+        if len(self._sessions) >= c.max_connections:
+            session.shut(
+                CloseCode.TRY_AGAIN_LATER,
+                f"node at max_connections ({c.max_connections}): retry after "
+                f"{c.overload_retry_after:g} s",
+            )
+            return
+        self._sessions[session.conn_id] = session
         self.fanout.register(
             session.conn_id, c.outbox_low_water, c.outbox_high_water, c.outbox_max_bytes
         )
@@ -206,12 +265,14 @@ class Node:
         self._sessions.pop(session.conn_id, None)
         self._dirty.discard(session)
         self.fanout.unregister(session.conn_id)
+        self.limits.forget(session.conn_id)
+        self._hello_pending.pop(session.conn_id, None)
         if session.identity is not None:
             devices = self._online.get(session.identity.user)
-            if devices is not None:
-                devices.pop(session.conn_id, None)
-                if not devices:
-                    del self._online[session.identity.user]
+            was_online = devices is not None and devices.pop(session.conn_id, None) is not None
+            if was_online and not devices:
+                del self._online[session.identity.user]
+                self.presence.went_offline(session.identity.user)
 
     def session_resumed(self, session: Session) -> None:
         """The transport drained: move what the outbox held while it was paused."""
@@ -223,6 +284,29 @@ class Node:
     def online(self, user: str) -> list[Session]:
         """The user's authenticated connections."""
         return list(self._online.get(user, {}).values())
+
+    @property
+    def serving(self) -> bool:
+        """True from start() until stop() begins."""
+        return self._server is not None and self._server.is_serving()
+
+    def online_users(self) -> Collection[str]:
+        """The users with at least one authenticated connection (a live view)."""
+        return self._online.keys()
+
+    async def peers_of(self, user: str) -> set[str]:
+        """The online users who share a conversation with ``user`` (``user`` excluded)."""
+        peers: set[str] = set()
+        online = self._online
+        for conv in await self.store.conversations_of(user):
+            members = await self.members_of(conv)
+            # Walk the smaller side: a huge group with few users online costs little.
+            if len(online) < len(members):
+                peers.update(u for u in online if u in members)
+            else:
+                peers.update(u for u in members if u in online)
+        peers.discard(user)
+        return peers
 
     # -- flushing --------------------------------------------------------------------
 
@@ -257,6 +341,10 @@ class Node:
 
     def handle(self, session: Session, cmd: Command) -> None:
         """Runs one decoded command (synchronously when it needs no I/O)."""
+        pending = self._hello_pending.get(session.conn_id)
+        if pending is not None:
+            pending.append(cmd)  # the on_connect hook is deciding: keep the order
+            return
         try:
             if cmd.kind not in COMMANDS:
                 raise CommandError(
@@ -270,10 +358,15 @@ class Node:
                     ErrorCode.NOT_AUTHENTICATED, "send HELLO with a token before anything else"
                 )
             handler = self._handlers[Kind(cmd.kind)]
+            self.limits.admit(session.conn_id, cmd)
         except CommandError as err:
             session.emit_error(cmd, err)
             return
         self._spawn(self._run(session, cmd, handler(self, session, cmd)))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs ``coro`` as a task the node waits for when it stops."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -302,7 +395,46 @@ class Node:
             session.emit_error(cmd, CommandError(ErrorCode.AUTH_FAILED, str(exc)))
             session.shut(CloseCode.UNAUTHORIZED, "token refused")
             return
+        if self.hooks.on_connect is None:
+            self._welcome(session, cmd, identity)
+            return
+        self._hello_pending[session.conn_id] = []
+        self._spawn(self._hello_hooked(session, cmd, identity))
+
+    async def _hello_hooked(self, session: Session, cmd: Command, identity: Identity) -> None:
+        # The hook sees what the WebSocket layer hands up of the request.
+        headers = {"sec-websocket-protocol": session.codec.name}
+        allowed = await self.hooks.connect_allowed(identity, headers)
+        queued = self._hello_pending.pop(session.conn_id, [])
+        if session.is_closed:
+            return
+        if not allowed:
+            refused = CommandError(
+                ErrorCode.AUTH_FAILED, "the node refused this connection (on_connect hook)"
+            )
+            session.emit_error(cmd, refused)
+            session.shut(CloseCode.UNAUTHORIZED, "connection refused")
+            return
+        if self._welcome(session, cmd, identity):
+            for queued_cmd in queued:
+                if session.is_closed:
+                    break
+                self.handle(session, queued_cmd)
+
+    def _welcome(self, session: Session, cmd: Command, identity: Identity) -> bool:
+        """Admits an authenticated connection, or refuses it past max_devices_per_user."""
+        devices = self._online.get(identity.user, {})
+        known = {s.identity.device for s in devices.values() if s.identity is not None}
+        cap = self.config.max_devices_per_user
+        if identity.device not in known and len(known) >= cap:
+            message = f"{identity.user!r} has {cap} devices connected: disconnect one first"
+            session.emit_error(cmd, limit_exceeded("max_devices_per_user", cap, message))
+            session.shut(CloseCode.POLICY_VIOLATION, "too many devices")
+            return False
+        first = not devices
         session.authenticated(identity)
+        if cmd.seq & CAP_ZSTD and session.codec.opcode == OP_BINARY:
+            session.compress = True
         self._online.setdefault(identity.user, {})[session.conn_id] = session
         session.emit(
             Kind.WELCOME,
@@ -312,8 +444,12 @@ class Node:
                 "session": session.conn_id,
                 "expires_at": identity.expires_at,
                 "max_message_bytes": self.config.max_message_bytes,
+                "compression": COMPRESSION_NAME if session.compress else None,
             },
         )
+        if first:
+            self.presence.came_online(identity.user)
+        return True
 
     # -- membership ------------------------------------------------------------------
 
@@ -339,6 +475,19 @@ class Node:
                 del self._members[next(iter(self._members))]  # the oldest entry
             self._members[conv] = members
         return members
+
+    async def require_member(self, conv: int, user: str) -> Member:
+        """``user``'s membership of ``conv``; CommandError NOT_MEMBER if none."""
+        return await self._require_member(conv, user)
+
+    async def members_of_checked(self, conv: int, user: str) -> _Members:
+        """``conv``'s members, once ``user`` is known to be one of them."""
+        await self._require_member(conv, user)
+        return await self.members_of(conv)
+
+    def invalidate_members(self, conv: int) -> None:
+        """Drops the cached membership of ``conv`` after a change."""
+        self._invalidate_members(conv)
 
     def _invalidate_members(self, conv: int) -> None:
         self._members.pop(conv, None)
@@ -375,6 +524,16 @@ class Node:
                 raise CommandError(
                     ErrorCode.NOT_MEMBER, f"you are not a member of conversation {cmd.conv}"
                 )
+            if self.hooks.on_message is not None:
+                # Inside the gate: a slow hook must not let a later send overtake this one.
+                ctx = MessageContext(user, device, cmd.conv, cmd.cmid, cmd.body, len(members))
+                cmd.body = await self.hooks.check_message(ctx)
+                if len(cmd.body) > self.config.max_message_bytes:
+                    raise CommandError(
+                        ErrorCode.TOO_LARGE,
+                        f"the rewritten body of {len(cmd.body)} bytes exceeds the node's "
+                        f"limit of {self.config.max_message_bytes} bytes",
+                    )
         finally:
             gate.set_result(None)
         # Awaiting the coroutine submits the write before any other callback runs.
@@ -383,21 +542,48 @@ class Node:
         session.emit(Kind.ACK, conv=message.conv, seq=message.seq, cmid=message.cmid)
         if not result.duplicate:
             self._publish(message, session, members)
+            self._after_store(message)
+
+    def _after_store(self, message: StoredMessage) -> None:
+        if self.hooks.after_store is not None:
+            self._spawn(self.hooks.stored(message))
+
+    async def post(
+        self,
+        conv: int,
+        user: str,
+        body: bytes | str,
+        *,
+        device: str = "server",
+        cmid: int | None = None,
+    ) -> StoredMessage:
+        """Stores a message from ``user`` (a member of ``conv``) and delivers it, as a
+        SEND would, without a connection: for bots and services embedded in the node.
+
+        ``on_message`` does not run (the caller is the node's own code); ``after_store``
+        does. A repeated ``cmid`` stores nothing and returns the original message."""
+        data = body.encode() if isinstance(body, str) else body
+        members = await self.members_of(conv)
+        if user not in members:
+            raise NotAMemberError(conv, user)
+        result = await self.store.append(conv, user, device, cmid or secrets.randbits(63) | 1, data)
+        if not result.duplicate:
+            self._publish(result.message, None, members)
+            self._after_store(result.message)
+        return result.message
 
     def _decompress(self, flags: int, body: bytes) -> bytes:
         """The body of a COMPRESSED frame, decompressed within max_message_bytes.
 
         Messages are stored and delivered uncompressed, so every recipient can read them
         whatever it negotiated."""
-        if flags & FLAG_DICT:
-            raise CommandError(
-                ErrorCode.BAD_REQUEST,
-                "this node ships no compression dictionary: clear the DICT flag",
-            )
+        if flags & FLAG_DICT and not flags & FLAG_COMPRESSED:
+            raise CommandError(ErrorCode.BAD_REQUEST, "the DICT flag needs COMPRESSED as well")
         if not flags & FLAG_COMPRESSED:
             return body
+        decompressor = self._zstd.dict_decompressor if flags & FLAG_DICT else self._decompressor
         try:
-            return self._decompressor.decompress(body)
+            return decompressor.decompress(body)
         except CompressionError as exc:
             code = ErrorCode.TOO_LARGE if "limit" in str(exc) else ErrorCode.BAD_FRAME
             raise CommandError(code, str(exc)) from None
@@ -426,8 +612,8 @@ class Node:
 
     def _fan_out(self, message: StoredMessage, sender: Session | None, members: _Members) -> None:
         conv, seq = message.conv, message.seq
-        binary: list[int] = []
-        text: list[int] = []
+        # Recipients by (framing, compressed): each form is encoded once per message.
+        groups: dict[tuple[str, bool], list[int]] = {}
         for user in members:
             devices = self._online.get(user)
             if not devices:
@@ -435,26 +621,48 @@ class Node:
             for session in devices.values():
                 if session is sender or not session.live or seq <= session.floors.get(conv, 0):
                     continue
-                (text if session.codec.opcode == OP_TEXT else binary).append(session.conn_id)
+                key = (
+                    ("json", False)
+                    if session.codec.opcode == OP_TEXT
+                    else (
+                        session.framing,
+                        session.compress,
+                    )
+                )
+                conns = groups.get(key)
+                if conns is None:
+                    groups[key] = [session.conn_id]
+                else:
+                    conns.append(session.conn_id)
         overflowed: list[int] = []
-        if binary:
-            frame = encode_frame(
-                int(Kind.DELIVER),
-                encode_envelope(message.sender, message.device, message.body),
-                conv,
-                seq,
-                message.cmid,
-            )
-            overflowed += self.fanout.publish(encode_ws_frame(OP_BINARY, frame), binary)[2]
-        if text:
-            payload = JsonCodec.delivery(message)
-            overflowed += self.fanout.publish(encode_ws_frame(OP_TEXT, payload), text)[2]
+        frames: dict[bool, bytes] = {}
+        for (framing, compress), conns in groups.items():
+            if framing == "json":
+                payload = encode_ws_frame(OP_TEXT, JsonCodec.delivery(message))
+            else:
+                frame = frames.get(compress)
+                if frame is None:
+                    frame = frames[compress] = self._delivery_frame(message, compress)
+                payload = frame if framing == "tcp" else encode_ws_frame(OP_BINARY, frame)
+            overflowed += self.fanout.publish(payload, conns)[2]
         for conn in overflowed:
             slow = self._sessions.get(conn)
             if slow is not None:
                 slow.shut(CloseCode.SLOW_CONSUMER, "outbox full: read faster, then reconnect")
-        if binary or text:
+        if groups:
             self._schedule_flush()
+
+    def _delivery_frame(self, message: StoredMessage, compress: bool) -> bytes:
+        """The DELIVER frame of ``message``; its body zstd+dict if ``compress`` pays."""
+        envelope = encode_envelope(message.sender, message.device, message.body)
+        flags = 0
+        if compress:
+            packed = self._zstd.compress(envelope)
+            if packed is not None:
+                envelope, flags = packed, FLAG_COMPRESSED | FLAG_DICT
+        return encode_frame(
+            int(Kind.DELIVER), envelope, message.conv, message.seq, message.cmid, flags
+        )
 
     # -- SYNC ------------------------------------------------------------------------
 
@@ -512,11 +720,12 @@ class Node:
         assert session.identity is not None
         await self._require_member(cmd.conv, session.identity.user)
         try:
-            await self.store.set_cursor(
+            mark = await self.store.set_cursor(
                 session.identity.user, session.identity.device, cmd.conv, cmd.seq
             )
         except StoreArgumentError as exc:
             raise CommandError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        await self.receipts.moved(cmd.conv, session.identity.user, "delivered", mark, session)
 
     async def _require_member(self, conv: int, user: str) -> Member:
         if conv == 0:
@@ -536,51 +745,6 @@ class Node:
         conv = await self.store.create_direct(session.identity.user, peer)
         await self._announce(session, cmd, conv, "created", ())
 
-    async def _create_group(self, session: Session, cmd: Command) -> None:
-        assert session.identity is not None
-        args = cmd.json_args()
-        title = args.get("title", "")
-        if not isinstance(title, str):
-            raise CommandError(ErrorCode.BAD_REQUEST, "'title' must be a string")
-        members = _users_arg(args, "members")
-        conv = await self.store.create_group(session.identity.user, title, members)
-        await self._announce(session, cmd, conv, "created", ())
-
-    async def _add_members(self, session: Session, cmd: Command) -> None:
-        assert session.identity is not None
-        users = _users_arg(cmd.json_args(), "users")
-        await self._require_manager(cmd.conv, session.identity.user)
-        await self.store.add_members(cmd.conv, users)
-        self._invalidate_members(cmd.conv)
-        conv = await self.store.conversation(cmd.conv)
-        await self._announce(session, cmd, conv, "members_added", ())
-
-    async def _remove_member(self, session: Session, cmd: Command) -> None:
-        assert session.identity is not None
-        user = _user_arg(cmd.json_args(), "user")
-        if user != session.identity.user:
-            await self._require_manager(cmd.conv, session.identity.user)
-        await self._remove(session, cmd, user)
-
-    async def _leave(self, session: Session, cmd: Command) -> None:
-        assert session.identity is not None
-        await self._remove(session, cmd, session.identity.user)
-
-    async def _remove(self, session: Session, cmd: Command, user: str) -> None:
-        await self._require_member(cmd.conv, user)
-        await self.store.remove_member(cmd.conv, user)
-        self._invalidate_members(cmd.conv)
-        conv = await self.store.conversation(cmd.conv)
-        await self._announce(session, cmd, conv, "member_removed", (user,))
-
-    async def _require_manager(self, conv: int, user: str) -> None:
-        member = await self._require_member(conv, user)
-        if member.role not in ("owner", "admin"):
-            raise CommandError(
-                ErrorCode.FORBIDDEN,
-                f"only owners and admins may change the members of conversation {conv}",
-            )
-
     async def _announce(
         self,
         session: Session,
@@ -590,6 +754,18 @@ class Node:
         also: Iterable[str],
     ) -> None:
         """Answers the request with CONVERSATION and pushes it to every member online."""
+        await self.announce(session, cmd, conv, change, also)
+
+    async def announce(
+        self,
+        session: Session,
+        cmd: Command,
+        conv: Conversation,
+        change: str,
+        also: Iterable[str],
+    ) -> None:
+        """Answers the request with CONVERSATION and pushes it to every member online
+        (and to the users in ``also``, e.g. one just removed)."""
         self._invalidate_members(conv.id)
         members = await self.members_of(conv.id)
         desc: dict[str, Any] = {
@@ -604,15 +780,21 @@ class Node:
                 if other is not session:
                     other.emit(Kind.CONVERSATION, conv=conv.id, obj=desc)
 
-    _handlers: Final = {
+    _handlers: Final[dict[Kind, Callable[[Node, Session, Command], Coroutine[Any, Any, None]]]] = {
         Kind.SEND: _send,
         Kind.SYNC: _sync,
         Kind.CURSOR: _cursor,
         Kind.CREATE_DIRECT: _create_direct,
-        Kind.CREATE_GROUP: _create_group,
-        Kind.ADD_MEMBERS: _add_members,
-        Kind.REMOVE_MEMBER: _remove_member,
-        Kind.LEAVE: _leave,
+        Kind.CREATE_GROUP: create_group,
+        Kind.ADD_MEMBERS: add_members,
+        Kind.REMOVE_MEMBER: remove_member,
+        Kind.LEAVE: leave,
+        Kind.RENAME: rename,
+        Kind.SET_ROLE: set_role,
+        Kind.RECEIPT: read_receipt,
+        Kind.TYPING: typing,
+        Kind.PRESENCE: presence_query,
+        Kind.HISTORY: history,
     }
 
 

@@ -15,7 +15,7 @@ Either way one ``transport.write`` per loop pass carries everything.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bluewren.auth import Identity
 from bluewren.node.commands import BINARY_SUBPROTOCOL, JSON_SUBPROTOCOL, CloseCode, Kind
@@ -39,6 +39,12 @@ class Session(BufferedWebSocketProtocol):
     fanned-out deliveries. ``floors`` holds, per conversation, the last sequence number
     a replay sent, so a delivery already replayed is not sent again live.
     """
+
+    framing: str = "ws"
+    """How fanned-out deliveries are framed for this connection (``bluewren.node.tcp``
+    sessions say ``"tcp"``); JSON sessions are told apart by their codec."""
+    compress: bool = False
+    """True once HELLO negotiated zstd with the shipped dictionary (compression.CAP_ZSTD)."""
 
     def __new__(cls, node: Node, conn_id: int) -> Session:
         limit = node.config.max_ws_message_bytes
@@ -167,11 +173,11 @@ class Session(BufferedWebSocketProtocol):
             asyncio.get_running_loop().call_later(CLOSE_GRACE, self._abort)
 
     def _abort(self) -> None:
-        transport = self.transport
-        if isinstance(transport, asyncio.Transport) and not transport.is_closing():
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
+        transport = cast("asyncio.Transport | None", self.transport)
+        if transport is None or not transport.is_closing():
             return
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
+        transport.abort()
 
     async def writable(self) -> None:
         """Returns once the transport accepts writes again (at once if it does)."""

@@ -34,12 +34,14 @@ class CommandError(Exception):
         message: str,
         retry_after: float | None = None,
         cmd: Command | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
         self.cmd = cmd
+        self.extra = extra
 
 
 @dataclass(slots=True)
@@ -113,6 +115,8 @@ class Codec:
         obj: dict[str, Any] = {"code": int(err.code), "name": err.code.name, "message": err.message}
         if err.retry_after is not None:
             obj["retry_after"] = err.retry_after
+        if err.extra:
+            obj.update(err.extra)
         if cmd is not None:
             obj["command"] = _name(cmd.kind).lower()
         return self.event(

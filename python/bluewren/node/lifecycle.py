@@ -1,0 +1,151 @@
+"""Running a node as a process: start-up checks, signals and a bounded graceful stop.
+
+:func:`serve` is what ``python -m bluewren serve`` runs. It refuses to start with one
+clear line on stderr (and a non-zero exit status) when the data directory cannot be
+written or a port is taken, prints ``bluewren node listening on ws://HOST:PORT/`` (and
+``bluewren node listening on tcp://HOST:PORT`` for the raw TCP listener) once it
+accepts connections, and on SIGTERM or SIGINT stops gracefully:
+
+1. stop accepting connections and reading commands;
+2. let commands in flight commit and send their ACKs;
+3. close every connection with 1001 ("node stopping: reconnect and SYNC");
+4. flush and close the store; exit status 0.
+
+All of it within ``NodeConfig.shutdown_timeout``; a second signal exits at once
+(status 130): what was committed stays committed, since the store is crash-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+from bluewren.errors import BlueWrenError
+from bluewren.node.config import NodeConfig, NodeConfigError
+from bluewren.node.server import Node
+
+__all__ = [
+    "EXIT_FORCED",
+    "EXIT_PORT_IN_USE",
+    "EXIT_STARTUP",
+    "StartupError",
+    "config_overrides",
+    "serve",
+]
+
+EXIT_STARTUP: Final = 1
+"""Exit status when the node could not start (unwritable data directory, bad store)."""
+EXIT_PORT_IN_USE: Final = 3
+"""Exit status when a port to listen on is taken."""
+EXIT_FORCED: Final = 130
+"""Exit status when a second signal cut the graceful stop short."""
+
+
+class StartupError(BlueWrenError):
+    """The node cannot start; ``exit_status`` is the process exit status to use."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_STARTUP) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def config_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as NodeConfig keyword arguments; VALUE is read as JSON
+    (``1000``, ``2.5``, ``null``, ``"text"``) and kept as a string when it is not JSON.
+    NodeConfigError for an unknown field (the config itself checks the values)."""
+    known = {f.name for f in dataclasses.fields(NodeConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise NodeConfigError(
+                name or item, f"--set takes FIELD=VALUE with a NodeConfig field, got {item!r}"
+            )
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = raw
+    return out
+
+
+def check_data_dir(config: NodeConfig) -> None:
+    """Creates the data directory and proves it is writable (StartupError if not)."""
+    path = config.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartupError(f"data directory {path} is not writable: {reason}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"data directory {path} is not writable")
+
+
+async def start_node(config: NodeConfig) -> Node:
+    """A started node; StartupError with a one-line reason if it cannot start."""
+    check_data_dir(config)
+    node = Node(config)
+    try:
+        await node.start()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            await node.stop()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"cannot listen on {config.host}: a port ({config.port}"
+                + (f" or TCP {config.tcp_port}" if config.tcp_port is not None else "")
+                + ") is already in use; stop the other process or pick another --port",
+                EXIT_PORT_IN_USE,
+            ) from None
+        raise StartupError(f"cannot start: {exc.strerror or exc}") from None
+    except BlueWrenError as exc:
+        with contextlib.suppress(Exception):
+            await node.stop()
+        raise StartupError(f"cannot start: {exc}") from None
+    return node
+
+
+async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> int:
+    """Runs a node until SIGINT/SIGTERM (or ``stop``); returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("bluewren: second signal: exiting without waiting", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(EXIT_FORCED)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        node = await start_node(config)
+    except StartupError as exc:
+        print(f"bluewren: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_status
+    try:
+        print(f"bluewren node listening on {node.url}", flush=True)
+        if config.tcp_port is not None:
+            print(f"bluewren node listening on tcp://{config.host}:{node.tcp_port}", flush=True)
+        await stop.wait()
+        print("bluewren: stopping", file=sys.stderr, flush=True)
+    finally:
+        await node.stop()
+    return 0
