@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bluewren.node.commands import ErrorCode, Kind
 from bluewren.node.limits import limit_exceeded
-from bluewren.node.wire import Command, CommandError
+from bluewren.node.wire import Codec, Command, CommandError
 
 if TYPE_CHECKING:
     from bluewren.node.server import Node
@@ -67,9 +67,7 @@ class Presence:
         # The entry is read when sent: of an online/offline pair racing, both announce
         # the state the user is in by then, never a stale one.
         obj = {"users": [self.entry(user)]}
-        for peer in peers:
-            for session in node.online(peer):
-                session.emit(Kind.PRESENCE, obj=obj)
+        emit_once((s for peer in peers for s in node.online(peer)), Kind.PRESENCE, obj=obj)
 
 
 async def presence_query(node: Node, session: Session, cmd: Command) -> None:
@@ -92,8 +90,22 @@ async def typing(node: Node, session: Session, cmd: Command) -> None:
     user = session.identity.user
     members = await node.members_of_checked(cmd.conv, user)
     obj = {"user": user, "device": session.identity.device}
-    for other in online_members(node, members, exclude=user):
-        other.emit(Kind.TYPING, conv=cmd.conv, obj=obj)
+    emit_once(online_members(node, members, exclude=user), Kind.TYPING, conv=cmd.conv, obj=obj)
+
+
+def emit_once(
+    sessions: Iterable[Session], kind: Kind, *, conv: int = 0, obj: dict[str, Any]
+) -> None:
+    """Queues one event for many sessions, encoded once per subprotocol rather than
+    once per session: a user of a 1,000-member group coming online costs two
+    encodings, not a thousand."""
+    encoded: dict[type[Codec], bytes] = {}
+    for session in sessions:
+        codec = type(session.codec)
+        payload = encoded.get(codec)
+        if payload is None:
+            payload = encoded[codec] = session.codec.event(kind, conv=conv, obj=obj)
+        session.emit_payloads([payload])
 
 
 def online_members(node: Node, members: Iterable[str], exclude: str = "") -> list[Session]:
