@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from bluewren.breaker import BreakerConfig
 from bluewren.errors import BlueWrenError
 
 __all__ = [
@@ -102,6 +104,25 @@ class NodeConfig:
     max_history_page: int = 200
     max_presence_query: int = 500
     receipts_max_members: int = 256
+    shed_loop_lag: float = 0.5
+    """Event-loop lag (s) at which new connections are refused with 1013 (admission.py)."""
+    shed_rss_bytes: int | None = None
+    """Process RSS (bytes) at which new connections are refused with 1013; None: off."""
+    load_check_interval: float = 0.1
+    """Seconds between two readings of event-loop lag and RSS."""
+    connect_rate: float = 200.0
+    """New connections per second and source IP address (a token bucket)."""
+    connect_burst: int = 2000
+    """New connections one source IP address may open at once."""
+    login_rate: float = 200.0
+    """HELLO attempts (failed ones included) per second and source IP address."""
+    login_burst: int = 2000
+    """HELLO attempts one source IP address may make at once."""
+    breakers: Mapping[str, BreakerConfig] = field(default_factory=dict)
+    """Circuit breaker per dependency (store.read, store.write, hook.on_connect,
+    hook.on_message, hook.after_store); replaces that entry of resilience.DEFAULT_BREAKERS."""
+    metrics_port: int | None = None
+    """HTTP port of /metrics, /healthz and /readyz; None: off, 0: any free (observability.py)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -172,7 +193,15 @@ class NodeConfig:
                 "sqlite_synchronous",
                 f"must be 'NORMAL' or 'FULL', got {self.sqlite_synchronous!r}",
             )
+        if self.metrics_port is not None and (
+            not _is_int(self.metrics_port) or not 0 <= self.metrics_port <= 65535
+        ):
+            raise NodeConfigError(
+                "metrics_port",
+                f"must be None (off) or an integer in 0..65535, got {self.metrics_port!r}",
+            )
         self._check_limits()
+        _check_resilience(self)
 
     def _check_limits(self) -> None:
         for name in ("send_rate", "overload_retry_after"):
@@ -211,6 +240,28 @@ class NodeConfig:
     def database_path(self) -> Path:
         """The SQLite file in the data directory."""
         return self.data_dir / "bluewren.db"
+
+
+def _check_resilience(c: NodeConfig) -> None:
+    for name in ("shed_loop_lag", "load_check_interval", "connect_rate", "login_rate"):
+        value = getattr(c, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1e6:
+            raise NodeConfigError(name, f"must be a number in (0, 1000000], got {value!r}")
+    for name in ("connect_burst", "login_burst"):
+        value = getattr(c, name)
+        if not _is_int(value) or value < 1:
+            raise NodeConfigError(name, f"must be an integer >= 1, got {value!r}")
+    if c.shed_rss_bytes is not None and (not _is_int(c.shed_rss_bytes) or c.shed_rss_bytes < 1):
+        raise NodeConfigError(
+            "shed_rss_bytes", f"must be None (off) or bytes >= 1, got {c.shed_rss_bytes!r}"
+        )
+    if not isinstance(c.breakers, Mapping):
+        raise NodeConfigError("breakers", f"must map names to BreakerConfig, got {c.breakers!r}")
+    for name, value in c.breakers.items():
+        if not isinstance(value, BreakerConfig):
+            raise NodeConfigError(
+                f"breakers.{name}", f"must be a BreakerConfig, got {type(value).__name__}"
+            )
 
 
 def _is_int(value: object) -> bool:

@@ -1,4 +1,5 @@
-"""Per-connection rate limits: token buckets for SEND and TYPING.
+"""Per-connection rate limits: a token bucket for TYPING (SEND is limited per user, by
+:mod:`bluewren.node.admission`, with the same bucket).
 
 A :class:`TokenBucket` holds up to ``burst`` tokens and gains ``rate`` tokens a second;
 each command takes one. An empty bucket refuses the command with ``RATE_LIMITED`` and the
@@ -57,18 +58,12 @@ class ConnectionLimits:
     def __init__(self, config: NodeConfig, clock: Callable[[], float]) -> None:
         self._config = config
         self._clock = clock
-        self._send: dict[int, TokenBucket] = {}
         self._typing: dict[int, TokenBucket] = {}
 
     def admit(self, conn_id: int, cmd: Command) -> None:
         """Raises CommandError ``RATE_LIMITED`` if ``cmd`` is over its connection's rate."""
         c = self._config
-        if cmd.kind == Kind.SEND:
-            bucket = self._send.get(conn_id)
-            if bucket is None:
-                bucket = self._send[conn_id] = TokenBucket(c.send_rate, c.send_burst, self._clock)
-            what = f"{c.send_rate:g} messages a second (bursts of {c.send_burst})"
-        elif cmd.kind == Kind.TYPING:
+        if cmd.kind == Kind.TYPING:
             bucket = self._typing.get(conn_id)
             if bucket is None:
                 n = c.max_typing_per_second
@@ -87,7 +82,6 @@ class ConnectionLimits:
 
     def forget(self, conn_id: int) -> None:
         """The connection is gone: drop its buckets."""
-        self._send.pop(conn_id, None)
         self._typing.pop(conn_id, None)
 
 

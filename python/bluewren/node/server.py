@@ -52,18 +52,24 @@ from bluewren.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from bluewren.node.admission import AdmissionControl, peer_address
 from bluewren.node.commands import COMMANDS, CloseCode, ErrorCode, Kind, encode_envelope
 from bluewren.node.compression import CAP_ZSTD, COMPRESSION_NAME, DictCodec
 from bluewren.node.config import NodeConfig, resolve_token_secret
 from bluewren.node.groups import add_members, create_group, leave, remove_member, rename, set_role
 from bluewren.node.history import history
-from bluewren.node.hooks import AfterStore, Hooks, MessageContext, OnConnect, OnMessage
+from bluewren.node.hooks import AfterStore, MessageContext, OnConnect, OnMessage
 from bluewren.node.limits import ConnectionLimits, limit_exceeded
+from bluewren.node.logs import conn_id_var, next_request_id, request_id_var
+from bluewren.node.metrics import NodeMetrics
+from bluewren.node.observability import ObservabilityServer
 from bluewren.node.presence import Presence, presence_query, typing
 from bluewren.node.receipts import Receipts, read_receipt
+from bluewren.node.resilience import STORE_READ, STORE_WRITE, GuardedHooks, breaker_registry
 from bluewren.node.session import Session
 from bluewren.node.wire import OP_BINARY, OP_TEXT, Command, CommandError, JsonCodec
-from bluewren.store import Conversation, Member, SQLiteStore, Store, StoredMessage
+from bluewren.store import AppendResult, Conversation, Member, SQLiteStore, Store, StoredMessage
+from bluewren.store.guarded import GuardedStore
 
 __all__ = ["Node"]
 
@@ -123,11 +129,16 @@ class Node:
         self._dirty: set[Session] = set()
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.hooks: Final = Hooks(on_connect, on_message, after_store)
+        self.breakers: Final = breaker_registry(config.breakers)
+        """The circuit breakers of the node's dependencies (bluewren.node.resilience)."""
+        self.hooks: Final = GuardedHooks(self.breakers, on_connect, on_message, after_store)
+        self.admission: Final = AdmissionControl(config, time.monotonic)
         self.presence: Final = Presence(self)
         self.receipts: Final = Receipts(self)
         self.limits: Final = ConnectionLimits(config, time.monotonic)
         self._hello_pending: dict[int, list[Command]] = {}
+        self.metrics: Final = NodeMetrics()
+        self._http: ObservabilityServer | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -160,6 +171,13 @@ class Node:
         return int(self._tcp_server.sockets[0].getsockname()[1])
 
     @property
+    def metrics_port(self) -> int:
+        """The port of /metrics, /healthz and /readyz (``config.metrics_port``)."""
+        if self._http is None:
+            raise RuntimeError("the metrics endpoint is off: set NodeConfig.metrics_port")
+        return self._http.port
+
+    @property
     def url(self) -> str:
         """``ws://host:port/`` of the node."""
         return f"ws://{self.config.host}:{self.port}/"
@@ -176,6 +194,13 @@ class Node:
                 self.config.database_path, synchronous=self.config.sqlite_synchronous
             )
             await self._store.open()
+        if not isinstance(self._store, GuardedStore):
+            self._store = GuardedStore(
+                self._store,
+                read=self.breakers[STORE_READ],
+                write=self.breakers[STORE_WRITE],
+                on_late_append=self._late_append,
+            )
         self._server = await self._loop.create_server(
             self._new_session, self.config.host, self.config.port, reuse_address=True
         )
@@ -189,6 +214,10 @@ class Node:
             self._tcp_server = await self._loop.create_server(
                 new_tcp_session, self.config.host, self.config.tcp_port, reuse_address=True
             )
+        self.admission.start()
+        if self.config.metrics_port is not None:
+            self._http = ObservabilityServer(self)
+            await self._http.start(self.config.host, self.config.metrics_port)
 
     async def stop(self) -> None:
         """Stops gracefully within ``config.shutdown_timeout``: stops accepting and
@@ -199,6 +228,7 @@ class Node:
         servers = [s for s in (self._server, self._tcp_server) if s is not None]
         for server in servers:
             server.close()
+        await self.admission.stop()
         sessions = list(self._sessions.values())
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
         for session in sessions:
@@ -229,6 +259,9 @@ class Node:
         if self._owns_store and self._store is not None:
             await self._store.close()
             self._store = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -247,6 +280,10 @@ class Node:
         """A connection finished its upgrade: give it an outbox (past ``max_connections``,
         close it with 1013 and a retry hint instead)."""
         c = self.config
+        refused = self.admission.refuse_connection(peer_address(session.transport))
+        if refused is not None:
+            session.shut(CloseCode.TRY_AGAIN_LATER, refused)
+            return
         if len(self._sessions) >= c.max_connections:
             session.shut(
                 CloseCode.TRY_AGAIN_LATER,
@@ -255,6 +292,7 @@ class Node:
             )
             return
         self._sessions[session.conn_id] = session
+        log.debug("connection opened", extra={"conn_id": session.conn_id})
         self.fanout.register(
             session.conn_id, c.outbox_low_water, c.outbox_high_water, c.outbox_max_bytes
         )
@@ -262,7 +300,8 @@ class Node:
     def session_closed(self, session: Session) -> None:
         """The transport is gone: forget the connection."""
         session.live = False
-        self._sessions.pop(session.conn_id, None)
+        if self._sessions.pop(session.conn_id, None) is not None:
+            log.debug("connection closed", extra={"conn_id": session.conn_id})
         self._dirty.discard(session)
         self.fanout.unregister(session.conn_id)
         self.limits.forget(session.conn_id)
@@ -359,6 +398,8 @@ class Node:
                 )
             handler = self._handlers[Kind(cmd.kind)]
             self.limits.admit(session.conn_id, cmd)
+            if cmd.kind == Kind.SEND:
+                self.admission.admit_send(session.identity.user)
         except CommandError as err:
             session.emit_error(cmd, err)
             return
@@ -374,6 +415,8 @@ class Node:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, session: Session, cmd: Command, work: Coroutine[Any, Any, None]) -> None:
+        conn_id_var.set(session.conn_id)  # this task's own context: its log lines
+        request_id_var.set(next_request_id(session.conn_id))
         try:
             await work
         except CommandError as err:
@@ -390,8 +433,15 @@ class Node:
         if session.identity is not None:
             raise CommandError(ErrorCode.ALREADY_AUTHENTICATED, "this connection has said HELLO")
         try:
+            self.admission.admit_login(peer_address(session.transport))
+        except CommandError as err:
+            session.emit_error(cmd, err)
+            session.shut(CloseCode.TRY_AGAIN_LATER, f"too many logins: {err}")
+            return
+        try:
             identity = self.issuer.verify(cmd.body.decode("utf-8", "replace"))
         except AuthError as exc:
+            log.info("token refused: %s", exc, extra={"conn_id": session.conn_id})  # not the token
             session.emit_error(cmd, CommandError(ErrorCode.AUTH_FAILED, str(exc)))
             session.shut(CloseCode.UNAUTHORIZED, "token refused")
             return
@@ -404,7 +454,13 @@ class Node:
     async def _hello_hooked(self, session: Session, cmd: Command, identity: Identity) -> None:
         # The hook sees what the WebSocket layer hands up of the request.
         headers = {"sec-websocket-protocol": session.codec.name}
-        allowed = await self.hooks.connect_allowed(identity, headers)
+        try:
+            allowed = await self.hooks.connect_allowed(identity, headers)
+        except CommandError as err:  # the hook's breaker is open or it timed out
+            self._hello_pending.pop(session.conn_id, None)
+            session.emit_error(cmd, err)
+            session.shut(CloseCode.TRY_AGAIN_LATER, str(err))
+            return
         queued = self._hello_pending.pop(session.conn_id, [])
         if session.is_closed:
             return
@@ -536,13 +592,37 @@ class Node:
                     )
         finally:
             gate.set_result(None)
-        # Awaiting the coroutine submits the write before any other callback runs.
+        # Awaiting the coroutine submits the write before any other callback runs
+        # (through GuardedStore: schedules it, and writes start in the order called).
+        started = time.perf_counter()
         result = await self.store.append(cmd.conv, user, device, cmd.cmid, cmd.body)
+        if not result.duplicate:
+            self.metrics.stored(time.perf_counter() - started)
+            log.debug(  # never the body: ids and sizes only
+                "message stored",
+                extra={"conv": cmd.conv, "seq": result.message.seq, "bytes": len(cmd.body)},
+            )
         message = result.message
         session.emit(Kind.ACK, conv=message.conv, seq=message.seq, cmid=message.cmid)
         if not result.duplicate:
             self._publish(message, session, members)
             self._after_store(message)
+
+    def _late_append(self, result: AppendResult) -> None:
+        """An append committed after its SEND was answered UNAVAILABLE (store timeout):
+        deliver it anyway, or later messages of its conversation would wait behind it."""
+
+        async def deliver() -> None:
+            message = result.message
+            try:
+                members = await self.members_of(message.conv)
+            except StoreError:
+                members = {}  # not delivered live; SYNC replays it from the store
+            self._publish(message, None, members)
+            self._after_store(message)
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._spawn(deliver())
 
     def _after_store(self, message: StoredMessage) -> None:
         if self.hooks.after_store is not None:
@@ -645,6 +725,7 @@ class Node:
                     frame = frames[compress] = self._delivery_frame(message, compress)
                 payload = frame if framing == "tcp" else encode_ws_frame(OP_BINARY, frame)
             overflowed += self.fanout.publish(payload, conns)[2]
+        self.metrics.fanned_out(sum(map(len, groups.values())), len(overflowed))
         for conn in overflowed:
             slow = self._sessions.get(conn)
             if slow is not None:
@@ -811,7 +892,9 @@ def _store_error(exc: StoreError) -> CommandError:
     if isinstance(exc, NotAMemberError):
         return CommandError(ErrorCode.NOT_MEMBER, str(exc))
     if isinstance(exc, StoreUnavailableError):
-        return CommandError(ErrorCode.UNAVAILABLE, str(exc), retry_after=RETRY_AFTER)
+        # A breaker's rejection knows when it will let calls through again.
+        retry_after = getattr(exc, "retry_after", RETRY_AFTER)
+        return CommandError(ErrorCode.UNAVAILABLE, str(exc), retry_after=retry_after)
     if isinstance(exc, StoreArgumentError | ConversationKindError):
         return CommandError(ErrorCode.BAD_REQUEST, str(exc))
     log.error("store error: %s", exc)

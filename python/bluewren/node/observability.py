@@ -1,0 +1,157 @@
+"""A tiny HTTP/1.1 server for operators: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+It listens on ``NodeConfig.metrics_port`` (of ``NodeConfig.host``), apart from the
+client port, so a scrape or a probe never queues behind client traffic and the port can
+be firewalled separately. Each request is answered and the connection closed; only GET
+and HEAD are served.
+
+- ``/healthz``: 200 while the process runs its event loop (liveness).
+- ``/readyz``: 200 while the node accepts connections, is not draining and its store is
+  open; 503 with the reason otherwise (readiness: take the node out of the balancer).
+- ``/metrics``: the Prometheus text format (``bluewren.node.metrics``).
+
+It also runs the event-loop lag monitor: a task that sleeps ``LAG_INTERVAL`` and records
+how late it woke up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+from bluewren.node.metrics import CONTENT_TYPE, render
+
+if TYPE_CHECKING:
+    from bluewren.node.server import Node
+
+__all__ = ["LAG_INTERVAL", "ObservabilityServer", "readiness"]
+
+LAG_INTERVAL: Final = 0.25
+"""Seconds between two ticks of the event-loop lag monitor."""
+
+REQUEST_TIMEOUT: Final = 5.0
+"""Seconds a client has to send its request head."""
+
+MAX_HEAD: Final = 8192
+"""Largest request head accepted (bytes)."""
+
+log = logging.getLogger("bluewren.node.observability")
+
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+def readiness(node: Node) -> str | None:
+    """None when ``node`` is ready for traffic, else why not."""
+    if getattr(node, "draining", False) is True:
+        return "draining"
+    if not node.serving:
+        return "not accepting connections"
+    try:
+        store = node.store
+    except RuntimeError:
+        return "store not open"
+    inner = getattr(store, "inner", store)  # a GuardedStore wraps the real one
+    state = getattr(inner, "_state", "open")
+    if state != "open":
+        return f"store {state}"
+    return None
+
+
+class ObservabilityServer:
+    """The operators' HTTP endpoint of one node; :meth:`start` it, :meth:`close` it."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._server: asyncio.Server | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when 0 was asked for)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the metrics endpoint is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        """Listens on ``host:port`` and starts the lag monitor."""
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        self._monitor = asyncio.create_task(self._watch_loop())
+
+    async def close(self) -> None:
+        """Stops listening and stops the monitor."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    async def _watch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        metrics = self._node.metrics
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_INTERVAL)
+            metrics.loop_lag_seconds = max(0.0, loop.time() - before - LAG_INTERVAL)
+
+    def _answer(self, method: str, target: str) -> tuple[int, str, str]:
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain; charset=utf-8", "only GET and HEAD\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE, render(self._node)
+        if path == "/healthz":
+            return 200, "text/plain; charset=utf-8", "ok\n"
+        if path == "/readyz":
+            reason = readiness(self._node)
+            if reason is None:
+                return 200, "text/plain; charset=utf-8", "ready\n"
+            return 503, "text/plain; charset=utf-8", f"not ready: {reason}\n"
+        return 404, "text/plain; charset=utf-8", "try /metrics, /healthz or /readyz\n"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                return
+            if len(head) > MAX_HEAD:
+                return
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                status, ctype, body = 400, "text/plain; charset=utf-8", "bad request\n"
+                method = "GET"
+            else:
+                method = parts[0]
+                try:
+                    status, ctype, body = self._answer(method, parts[1])
+                except Exception:
+                    log.exception("observability request %s failed", parts[1])
+                    status, ctype, body = 503, "text/plain; charset=utf-8", "internal error\n"
+            data = body.encode()
+            writer.write(
+                (
+                    f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+                    "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+                ).encode()
+                + (b"" if method == "HEAD" else data)
+            )
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
