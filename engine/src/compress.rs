@@ -222,9 +222,46 @@ impl Decompressor {
             Err(DST_TOO_SMALL) if declared => Err(CompressError::Corrupt(
                 "the frame holds more data than its header declares".into(),
             )),
-            Err(DST_TOO_SMALL) => Err(too_large()),
+            Err(DST_TOO_SMALL) => Err(self.overflow_or_corrupt(src)),
             Err(code) => Err(zstd_error(code)),
         }
+    }
+
+    /// zstd answers "destination too small" both for a body that really
+    /// decompresses past the limit and for some corrupt ones (a frame that
+    /// overruns its own declared size), and which one it says can depend on
+    /// the buffer size and the context's history. Decode again as a stream,
+    /// counting the output in a small scratch buffer, to tell them apart: the
+    /// answer is then a property of the body and the limit alone.
+    fn overflow_or_corrupt(&mut self, src: &[u8]) -> CompressError {
+        let limit = self.max_output;
+        // A session reset keeps the loaded dictionary.
+        if let Err(code) = self.dctx.reset(zstd_safe::ResetDirective::SessionOnly) {
+            return zstd_error(code);
+        }
+        let mut scratch = [0u8; 4096];
+        let mut input = zstd_safe::InBuffer::around(src);
+        let mut produced = 0usize;
+        loop {
+            let before = input.pos();
+            let mut output = zstd_safe::OutBuffer::around(&mut scratch[..]);
+            match self.dctx.decompress_stream(&mut output, &mut input) {
+                Ok(_) => {}
+                Err(DST_TOO_SMALL) => break,
+                Err(code) => return zstd_error(code),
+            }
+            let wrote = output.pos();
+            produced += wrote;
+            if produced > limit {
+                return CompressError::TooLarge { limit };
+            }
+            if wrote == 0 && input.pos() == before {
+                break;
+            }
+        }
+        // The body ended, stalled or overran a frame within the limit: the
+        // failure was the body's fault, not the limit's.
+        CompressError::Corrupt("the body is malformed: a frame overruns its declared size".into())
     }
 
     /// The most bytes [`decompress`](Self::decompress) will produce.
@@ -289,6 +326,45 @@ mod tests {
             _ => out[5..13].copy_from_slice(&size.to_le_bytes()),
         }
         out
+    }
+
+    #[test]
+    fn lying_header_followed_by_another_frame_is_corrupt_not_too_large() {
+        let mut packed = with_declared_size(&compress(&text(3000)), 1000);
+        packed.extend(compress(b""));
+        for limit in [4096, 10_000, 1 << 20] {
+            let err = Decompressor::new(None, limit)
+                .unwrap()
+                .decompress(&packed)
+                .unwrap_err();
+            assert!(
+                matches!(err, CompressError::Corrupt(_)),
+                "limit {limit}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reused_context_answers_a_corrupt_body_the_same_way() {
+        const RAW: &[u8] = br#"{"type":"message","conv":1,"from":"user-1","text":"hello","ts":1700000000}{"type":"typing","conv":2,"from":"user-2"}{"type":"receipt","conv":3,"seq":42}"#;
+        let body: Vec<u8> = (0..54)
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(
+                    &"28b52ffd64ff008c00006400000028b52ffd020000640000009bfe"[i..i + 2],
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut d = Decompressor::new(Some(RAW), 1 << 20).unwrap();
+        for call in 0..3 {
+            let got = d.decompress(&body);
+            assert!(
+                matches!(got, Err(CompressError::Corrupt(_))),
+                "call {call}: {got:?}"
+            );
+        }
     }
 
     /// `data` as one frame that does not declare its size.

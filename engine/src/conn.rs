@@ -116,18 +116,22 @@ impl ServerConn {
     }
 
     /// Copies `data` in, as if it had been read from the socket.
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let buf = self.read_buf(data.len());
-            let n = buf.len().min(data.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            self.commit(n);
-            data = &data[n..];
-            if self.phase == Phase::Handshake && self.hs_len > self.hs_limits.max_request_bytes {
-                // The rest would be refused anyway; poll() reports the rejection.
-                return;
-            }
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.phase != Phase::Handshake {
+            self.decoder.feed(data);
+            return;
         }
+        // Bytes behind the request belong to the frame decoder (poll() moves them
+        // there), so all of them are kept once the request ends within the limit;
+        // otherwise only enough to see that it is too large.
+        let limit = self.hs_limits.max_request_bytes;
+        self.handshake.truncate(self.hs_len);
+        self.handshake.extend_from_slice(data);
+        let head = &self.handshake[..self.handshake.len().min(limit)];
+        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            self.handshake.truncate((limit + 1).max(self.hs_len));
+        }
+        self.hs_len = self.handshake.len();
     }
 
     /// Accepts the pending upgrade with an optional subprotocol; the 101 response
@@ -317,6 +321,22 @@ mod tests {
         assert_eq!(c.poll(), None, "no frames before the upgrade is accepted");
         c.accept(None);
         assert_eq!(c.poll(), Some(ConnEvent::Text(b"early")));
+    }
+
+    #[test]
+    fn feed_keeps_frames_pipelined_past_the_request_limit() {
+        let req = request(&[]);
+        let limits = HandshakeLimits {
+            max_request_bytes: req.len(),
+            max_headers: 64,
+        };
+        let mut c = ServerConn::new(WsLimits::default(), limits);
+        let mut bytes = req;
+        bytes.extend(client_frame(OpCode::Text, b"hello"));
+        c.feed(&bytes);
+        assert_eq!(c.poll(), Some(ConnEvent::Request));
+        assert!(c.accept(None));
+        assert_eq!(c.poll(), Some(ConnEvent::Text(b"hello")));
     }
 
     #[test]
