@@ -1,0 +1,1 @@
+"""Load tests of a BlueWren node with Locust: a blocking client, users, thresholds."""
