@@ -62,6 +62,8 @@ BAD_VALUES: dict[str, object] = {
     "login_burst": 0,
     "breakers": "store",
     "metrics_port": 70000,
+    "admin_token": "short",
+    "log_level": "LOUD",
 }
 
 FIELDS = [f.name for f in dataclasses.fields(NodeConfig)]

@@ -123,6 +123,10 @@ class NodeConfig:
     hook.on_message, hook.after_store); replaces that entry of resilience.DEFAULT_BREAKERS."""
     metrics_port: int | None = None
     """HTTP port of /metrics, /healthz and /readyz; None: off, 0: any free (observability.py)."""
+    admin_token: str | None = None
+    """Bearer token of the admin API on metrics_port (admin.py); None: the API is off."""
+    log_level: str = "INFO"
+    """Level of the bluewren loggers: DEBUG, INFO, WARNING, ERROR (reloaded on SIGHUP)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -199,6 +203,23 @@ class NodeConfig:
             raise NodeConfigError(
                 "metrics_port",
                 f"must be None (off) or an integer in 0..65535, got {self.metrics_port!r}",
+            )
+        if self.admin_token is not None and (
+            not isinstance(self.admin_token, str) or len(self.admin_token) < 16
+        ):
+            raise NodeConfigError(
+                "admin_token", "must be a string of at least 16 random characters (or None)"
+            )
+        if not isinstance(self.log_level, str) or self.log_level.upper() not in (
+            "DEBUG",
+            "INFO",
+            "WARNING",
+            "ERROR",
+            "CRITICAL",
+        ):
+            raise NodeConfigError(
+                "log_level",
+                f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}",
             )
         self._check_limits()
         _check_resilience(self)

@@ -13,6 +13,12 @@ accepts connections, and on SIGTERM or SIGINT stops gracefully:
 
 All of it within ``NodeConfig.shutdown_timeout``; a second signal exits at once
 (status 130): what was committed stays committed, since the store is crash-safe.
+
+On SIGHUP, when :func:`serve` was given ``reload`` (``bluewren serve`` passes one that
+re-reads the config file, the environment and the same flags), the new configuration is
+applied to the running node as far as it can be (``bluewren.node.reload``): one line on
+stdout says what changed, another what needs a restart; an invalid file changes nothing
+and says why on stderr.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from bluewren.errors import BlueWrenError
@@ -117,8 +123,13 @@ async def start_node(config: NodeConfig) -> Node:
     return node
 
 
-async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> int:
-    """Runs a node until SIGINT/SIGTERM (or ``stop``); returns the exit status."""
+async def serve(
+    config: NodeConfig,
+    stop: asyncio.Event | None = None,
+    reload: Callable[[], NodeConfig] | None = None,
+) -> int:
+    """Runs a node until SIGINT/SIGTERM (or ``stop``); returns the exit status. With
+    ``reload``, SIGHUP applies the configuration it returns (see the module docstring)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     signals = 0
@@ -140,6 +151,13 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> int:
     except StartupError as exc:
         print(f"bluewren: {exc}", file=sys.stderr, flush=True)
         return exc.exit_status
+    if reload is not None:
+
+        def on_hup() -> None:
+            reload_node(node, reload)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         print(f"bluewren node listening on {node.url}", flush=True)
         if config.tcp_port is not None:
@@ -147,5 +165,26 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> int:
         await stop.wait()
         print("bluewren: stopping", file=sys.stderr, flush=True)
     finally:
+        if reload is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
         await node.stop()
     return 0
+
+
+def reload_node(node: Node, reload: Callable[[], NodeConfig]) -> None:
+    """Re-reads the configuration with ``reload`` and applies it to ``node``, printing
+    what changed; an invalid configuration changes nothing."""
+    from bluewren.node.reload import apply_config
+
+    try:
+        new = reload()
+    except (BlueWrenError, OSError, ValueError) as exc:
+        print(
+            f"bluewren: reload failed, keeping the running configuration: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    for line in apply_config(node, new).lines():
+        print(line, flush=True)

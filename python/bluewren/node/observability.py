@@ -9,6 +9,9 @@ and HEAD are served.
 - ``/readyz``: 200 while the node accepts connections, is not draining and its store is
   open; 503 with the reason otherwise (readiness: take the node out of the balancer).
 - ``/metrics``: the Prometheus text format (``bluewren.node.metrics``).
+- ``/dashboard``: one HTML page that polls ``/metrics`` every second (``dashboard.py``).
+- ``/admin/...``: the admin API, behind ``admin_token`` (``bluewren.node.admin``); it also
+  takes POST, with a body of at most ``MAX_BODY`` bytes.
 
 It also runs the event-loop lag monitor: a task that sleeps ``LAG_INTERVAL`` and records
 how late it woke up.
@@ -21,6 +24,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Final
 
+from bluewren.node.admin import handle_admin
+from bluewren.node.dashboard import DASHBOARD_HTML
 from bluewren.node.metrics import CONTENT_TYPE, render
 
 if TYPE_CHECKING:
@@ -37,13 +42,20 @@ REQUEST_TIMEOUT: Final = 5.0
 MAX_HEAD: Final = 8192
 """Largest request head accepted (bytes)."""
 
+MAX_BODY: Final = 256 * 1024
+"""Largest request body accepted (bytes; admin POSTs only)."""
+
 log = logging.getLogger("bluewren.node.observability")
 
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
     503: "Service Unavailable",
 }
 
@@ -112,6 +124,8 @@ class ObservabilityServer:
             return 405, "text/plain; charset=utf-8", "only GET and HEAD\n"
         if path == "/metrics":
             return 200, CONTENT_TYPE, render(self._node)
+        if path == "/dashboard":
+            return 200, "text/html; charset=utf-8", DASHBOARD_HTML
         if path == "/healthz":
             return 200, "text/plain; charset=utf-8", "ok\n"
         if path == "/readyz":
@@ -121,6 +135,26 @@ class ObservabilityServer:
             return 503, "text/plain; charset=utf-8", f"not ready: {reason}\n"
         return 404, "text/plain; charset=utf-8", "try /metrics, /healthz or /readyz\n"
 
+    async def _admin(
+        self, reader: asyncio.StreamReader, method: str, target: str, headers: dict[str, str]
+    ) -> tuple[int, str, str]:
+        try:
+            length = int(headers.get("content-length", "0") or "0")
+        except ValueError:
+            return 400, "application/json", '{"error": "bad_request"}\n'
+        if length < 0 or length > MAX_BODY:
+            return 413, "application/json", '{"error": "body_too_large"}\n'
+        try:
+            data = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT)
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return 400, "application/json", '{"error": "bad_request"}\n'
+        try:
+            answer = await handle_admin(self._node, method, target.split("?", 1)[0], headers, data)
+        except Exception:
+            log.exception("admin request %s failed", target)
+            return 503, "application/json", '{"error": "internal"}\n'
+        return answer.status, answer.content_type, answer.body
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
@@ -129,10 +163,19 @@ class ObservabilityServer:
                 return
             if len(head) > MAX_HEAD:
                 return
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split()
+            headers: dict[str, str] = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
             if len(parts) != 3 or not parts[2].startswith("HTTP/"):
                 status, ctype, body = 400, "text/plain; charset=utf-8", "bad request\n"
                 method = "GET"
+            elif parts[1].split("?", 1)[0].startswith("/admin/"):
+                method = parts[0]
+                status, ctype, body = await self._admin(reader, method, parts[1], headers)
             else:
                 method = parts[0]
                 try:

@@ -137,6 +137,9 @@ class Node:
         self.receipts: Final = Receipts(self)
         self.limits: Final = ConnectionLimits(config, time.monotonic)
         self._hello_pending: dict[int, list[Command]] = {}
+        self._sends_in_flight = 0
+        """SENDs of the synchronous path between store submission and ACK."""
+        self._sends_drained: asyncio.Future[None] | None = None
         self.metrics: Final = NodeMetrics()
         self._http: ObservabilityServer | None = None
 
@@ -236,8 +239,7 @@ class Node:
             if transport is not None and not transport.is_closing():
                 transport.pause_reading()
         # A task may start another (a membership load): wait until none is left.
-        while self._tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(list(self._tasks), timeout=left)
+        await self.commands_done(deadline - loop.time())
         self._flush()
         for session in sessions:
             session.shut(1001, "node stopping: reconnect and SYNC")
@@ -400,10 +402,40 @@ class Node:
             self.limits.admit(session.conn_id, cmd)
             if cmd.kind == Kind.SEND:
                 self.admission.admit_send(session.identity.user)
+                # The synchronous path: membership cached, no earlier send of this
+                # session still waiting, no on_message hook (it must run before store).
+                members = self._members.get(cmd.conv)
+                gate = session.send_gate
+                if (
+                    members is not None
+                    and (gate is None or gate.done())
+                    and self.hooks.on_message is None
+                    and isinstance(self._store, GuardedStore)
+                    and self._store.nowait_ok
+                ):
+                    self._send_now(session, cmd, members, self._store)
+                    return
         except CommandError as err:
             session.emit_error(cmd, err)
             return
+        except StoreError as exc:
+            session.emit_error(cmd, _store_error(exc))
+            return
         self._spawn(self._run(session, cmd, handler(self, session, cmd)))
+
+    async def commands_done(self, grace: float) -> None:
+        """Waits at most ``grace`` seconds until no command is in flight (the node's
+        tasks, and SENDs between their store submission and their ACK)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self._tasks or self._sends_in_flight) and (left := deadline - loop.time()) > 0:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=left)
+            else:
+                drained = self._sends_drained
+                if drained is None or drained.done():
+                    self._sends_drained = drained = loop.create_future()
+                await asyncio.wait([drained], timeout=left)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Runs ``coro`` as a task the node waits for when it stops."""
@@ -608,6 +640,84 @@ class Node:
             self._publish(message, session, members)
             self._after_store(message)
 
+    def _send_now(
+        self, session: Session, cmd: Command, members: _Members, store: GuardedStore
+    ) -> None:
+        """A SEND without a task: validated and submitted now; the ACK and the fan-out
+        run from the store's completion callback (in commit order, as ``_send`` does).
+        Raises CommandError or StoreError for what ``_send`` would answer with."""
+        assert session.identity is not None
+        user, device = session.identity.user, session.identity.device
+        if cmd.cmid == 0:
+            raise CommandError(ErrorCode.BAD_REQUEST, "SEND needs a non-zero cmid")
+        if cmd.conv == 0:
+            raise CommandError(ErrorCode.BAD_REQUEST, "SEND needs a conversation id (conv)")
+        if cmd.flags:
+            cmd.body = self._decompress(cmd.flags, cmd.body)
+        body = cmd.body
+        if len(body) > self.config.max_message_bytes:
+            raise CommandError(
+                ErrorCode.TOO_LARGE,
+                f"message body of {len(body)} bytes exceeds the node's limit of "
+                f"{self.config.max_message_bytes} bytes: split it or send a link",
+            )
+        if user not in members:
+            raise CommandError(
+                ErrorCode.NOT_MEMBER, f"you are not a member of conversation {cmd.conv}"
+            )
+        started = time.perf_counter()
+
+        def done(result: AppendResult | None, error: BaseException | None) -> None:
+            self._send_done(session, cmd, members, started, result, error)
+
+        store.append_nowait(cmd.conv, user, device, cmd.cmid, body, done)
+        self._sends_in_flight += 1
+
+    def _send_done(
+        self,
+        session: Session,
+        cmd: Command,
+        members: _Members,
+        started: float,
+        result: AppendResult | None,
+        error: BaseException | None,
+    ) -> None:
+        self._sends_in_flight -= 1
+        if not self._sends_in_flight and self._sends_drained is not None:
+            if not self._sends_drained.done():
+                self._sends_drained.set_result(None)
+            self._sends_drained = None
+        try:
+            if error is not None:
+                if isinstance(error, StoreError):
+                    session.emit_error(cmd, _store_error(error))
+                    return
+                raise error
+            assert result is not None
+            message = result.message
+            if not result.duplicate:
+                self.metrics.stored(time.perf_counter() - started)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(  # never the body: ids and sizes only
+                        "message stored",
+                        extra={
+                            "conv": message.conv,
+                            "seq": message.seq,
+                            "bytes": len(message.body),
+                            "conn_id": session.conn_id,
+                            "request_id": next_request_id(session.conn_id),
+                        },
+                    )
+            session.emit(Kind.ACK, conv=message.conv, seq=message.seq, cmid=message.cmid)
+            if not result.duplicate:
+                self._publish(message, session, members)
+                self._after_store(message)
+        except Exception:
+            log.exception("command %s of %r failed", _kind_name(cmd.kind), session)
+            session.emit_error(
+                cmd, CommandError(ErrorCode.INTERNAL, "internal error; the node logged it")
+            )
+
     def _late_append(self, result: AppendResult) -> None:
         """An append committed after its SEND was answered UNAVAILABLE (store timeout):
         deliver it anyway, or later messages of its conversation would wait behind it."""
@@ -694,8 +804,9 @@ class Node:
         conv, seq = message.conv, message.seq
         # Recipients by (framing, compressed): each form is encoded once per message.
         groups: dict[tuple[str, bool], list[int]] = {}
+        online = self._online
         for user in members:
-            devices = self._online.get(user)
+            devices = online.get(user)
             if not devices:
                 continue
             for session in devices.values():
@@ -714,6 +825,9 @@ class Node:
                     groups[key] = [session.conn_id]
                 else:
                     conns.append(session.conn_id)
+        if not groups:  # nobody to deliver to now (e.g. a 1:1 peer offline)
+            self.metrics.fanned_out(0, 0)
+            return
         overflowed: list[int] = []
         frames: dict[bool, bytes] = {}
         for (framing, compress), conns in groups.items():

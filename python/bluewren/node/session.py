@@ -15,6 +15,7 @@ Either way one ``transport.write`` per loop pass carries everything.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from bluewren.auth import Identity
@@ -53,6 +54,8 @@ class Session(BufferedWebSocketProtocol):
     def __init__(self, node: Node, conn_id: int) -> None:
         self.node = node
         self.conn_id = conn_id
+        self.connected_at = time.time()
+        """When the connection was accepted (UNIX seconds; the admin API lists it)."""
         # The frame layer allows what a WebSocket message allows; the node then refuses
         # a SEND body over max_message_bytes with its conv and cmid in the ERROR.
         self.codec: Codec = BinaryCodec(node.config.max_ws_message_bytes)

@@ -20,6 +20,7 @@ Enable it with ``NodeConfig(tcp_port=...)`` (``--tcp-port`` on the command line)
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from bluewren import FrameDecoder, FrameError
@@ -44,6 +45,8 @@ class TcpSession(asyncio.Protocol):
     def __init__(self, node: Node, conn_id: int) -> None:
         self.node = node
         self.conn_id = conn_id
+        self.connected_at = time.time()
+        """When the connection was accepted (UNIX seconds; the admin API lists it)."""
         self.codec: Codec = BinaryCodec(node.config.max_ws_message_bytes)
         self.identity: Identity | None = None
         self.live = False
@@ -102,9 +105,7 @@ class TcpSession(asyncio.Protocol):
 
     async def _fail(self, error: CommandError) -> None:
         # The node's commands in flight, this connection's among them.
-        pending = list(self.node._tasks)
-        if pending:
-            await asyncio.wait(pending, timeout=CLOSE_GRACE)
+        await self.node.commands_done(CLOSE_GRACE)
         self.emit_error(None, error)
         self.shut(1002, "malformed frame")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -86,6 +87,59 @@ class _Passed:
         self.error = error
 
 
+_NOWAIT: dict[type, bool] = {}
+
+
+def _has_own_nowait(cls: type) -> bool:
+    """True if ``cls`` has an ``append_nowait`` that is the same path as its ``append``:
+    a subclass that overrides ``append`` (a wrapper, a fault injector) sees every
+    append, so it is called through ``append`` instead."""
+    known = _NOWAIT.get(cls)
+    if known is None:
+        mro = cls.__mro__
+        nowait = next((c for c in mro if "append_nowait" in vars(c)), None)
+        append = next((c for c in mro if "append" in vars(c)), None)
+        known = _NOWAIT[cls] = nowait is not None and nowait is append
+    return known
+
+
+class _Append:
+    """One :meth:`GuardedStore.append_nowait` in flight."""
+
+    __slots__ = ("deadline", "done", "finished", "start", "store", "token")
+
+    def __init__(
+        self,
+        store: GuardedStore,
+        token: int,
+        start: float,
+        done: Callable[[AppendResult | None, BaseException | None], None],
+    ) -> None:
+        self.store = store
+        self.token = token
+        self.start = start
+        self.done = done
+        self.deadline = 0.0
+        self.finished = False
+
+    def __call__(self, result: AppendResult | None, error: BaseException | None) -> None:
+        """The inner store's completion callback."""
+        self.store._finish(self, result, error)
+
+    def finish_task_with(
+        self, store: GuardedStore
+    ) -> Callable[[asyncio.Future[AppendResult]], None]:
+        def finish(task: asyncio.Future[AppendResult]) -> None:
+            if task.cancelled():
+                store._finish(self, None, StoreUnavailableError("the append was cancelled"))
+            elif (error := task.exception()) is not None:
+                store._finish(self, None, error)
+            else:
+                store._finish(self, task.result(), None)
+
+        return finish
+
+
 class GuardedStore(Store):
     """``inner`` called through ``read`` and ``write`` breakers; see the module docstring.
 
@@ -106,6 +160,9 @@ class GuardedStore(Store):
         self.write_breaker = write
         self.on_late_append = on_late_append
         self.stats = inner.stats  # the same object: the inner store keeps it up to date
+        self._in_flight: deque[_Append] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the guard -------------------------------------------------------------------
 
@@ -177,6 +234,106 @@ class GuardedStore(Store):
             # The caller gave up; the write may still commit: report it when it does.
             task.add_done_callback(self._late_append)
             raise
+
+    def append_nowait(
+        self,
+        conv: int,
+        sender: str,
+        device: str,
+        cmid: int,
+        body: bytes,
+        done: Callable[[AppendResult | None, BaseException | None], None],
+    ) -> None:
+        """:meth:`append` without a task, a shield or a timer per call: for the node's
+        hot path. ``done(result, None)`` or ``done(None, error)`` is called on the loop
+        exactly once, with the same outcomes :meth:`append` would raise or return.
+
+        An open breaker raises :class:`StoreCircuitOpenError` here, before anything is
+        queued. The timeout is enforced by one timer for all appends in flight (they
+        share the breaker's timeout, so they expire in the order they were made); an
+        append that commits after it timed out goes to ``on_late_append``."""
+        breaker = self.write_breaker
+        try:
+            token = breaker._admit()
+        except CircuitOpenError as exc:
+            raise StoreCircuitOpenError(breaker.name, exc.retry_after) from None
+        call = _Append(self, token, breaker._clock(), done)
+        timeout = breaker._timeout
+        if timeout is not None:
+            loop = self._loop = asyncio.get_running_loop()
+            call.deadline = loop.time() + timeout
+            self._in_flight.append(call)
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(call.deadline, self._sweep)
+        try:
+            inner = self.inner
+            if _has_own_nowait(type(inner)) and "append" not in vars(inner):
+                inner.append_nowait(conv, sender, device, cmid, body, call)  # type: ignore[attr-defined]
+            else:
+                task = asyncio.ensure_future(self.inner.append(conv, sender, device, cmid, body))
+                task.add_done_callback(call.finish_task_with(self))
+        except BaseException as exc:
+            call.finished = True
+            if isinstance(exc, StoreError) and not exc.retryable:
+                breaker._complete(token, call.start, breaker._clock(), None, False)
+            else:
+                breaker._complete(token, call.start, breaker._clock(), exc, False)
+            raise
+
+    @property
+    def nowait_ok(self) -> bool:
+        """False if ``append`` was replaced on this instance (a wrapper, a fault
+        injector): then callers must go through it instead of :meth:`append_nowait`."""
+        return "append" not in vars(self)
+
+    def _finish(
+        self, call: _Append, result: AppendResult | None, error: BaseException | None
+    ) -> None:
+        breaker = self.write_breaker
+        in_flight = self._in_flight
+        if call.finished:  # it timed out: the caller has its answer
+            late = self.on_late_append
+            if late is not None and error is None and result is not None and not result.duplicate:
+                try:
+                    late(result)
+                except Exception:
+                    log.exception("on_late_append failed for conv %d", result.message.conv)
+            return
+        call.finished = True
+        while in_flight and in_flight[0].finished:
+            in_flight.popleft()
+        passed = isinstance(error, StoreError) and not error.retryable
+        breaker._complete(
+            call.token, call.start, breaker._clock(), None if passed else error, False
+        )
+        call.done(result, error)
+
+    def _sweep(self) -> None:
+        """Times out every append past its deadline; re-arms for the oldest one left."""
+        self._sweeper = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        in_flight = self._in_flight
+        breaker = self.write_breaker
+        while in_flight:
+            call = in_flight[0]
+            if call.finished:
+                in_flight.popleft()
+                continue
+            if call.deadline > now:
+                self._sweeper = loop.call_at(call.deadline, self._sweep)
+                return
+            in_flight.popleft()
+            call.finished = True
+            timeout = breaker.config.timeout or 0.0
+            expired = CallTimeoutError(breaker.name, timeout)
+            breaker._complete(call.token, call.start, breaker._clock(), expired, True)
+            wait = breaker.config.wait_duration_open
+            try:
+                call.done(None, StoreTimeoutError(breaker.name, timeout, min(wait, 5.0)))
+            except Exception:
+                log.exception("an append's completion callback failed")
 
     def _late_append(self, task: asyncio.Future[AppendResult]) -> None:
         if task.cancelled() or task.exception() is not None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -86,6 +87,8 @@ from bluewren.store.base import (
 )
 from bluewren.store.migrations import MIGRATIONS, apply_migrations
 
+log = logging.getLogger("bluewren.store.sqlite")
+
 __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
@@ -122,6 +125,9 @@ _MESSAGE_COLUMNS: Final = "conv, seq, sender, device, cmid, body, kind, created_
 _NEXT_SEQ: Final = (
     "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"
 )
+_ADD_SEQS: Final = (
+    "UPDATE conversations SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq"
+)
 _GIVE_BACK_SEQ: Final = "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?"
 _INSERT_MESSAGE: Final = (
     f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -150,6 +156,10 @@ def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(conv, seq, sender, device, cmid, body, kind, created_at)
 
 
+class _Fallback(Exception):
+    """A run of appends must be written one at a time (see ``_append_run``)."""
+
+
 class _SeqTaken(Exception):
     """Raised on the writer thread when (conv, seq) is already taken; never escapes."""
 
@@ -166,11 +176,16 @@ class _WriteOp:
     ``isolated`` (then it runs inside a savepoint that is rolled back on error)."""
 
     run: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
     size: int
     isolated: bool
     result: Any = None
     error: BaseException | None = None
+    callback: Callable[[Any, BaseException | None], None] | None = None
+    """Called on the loop with (result, error) once the batch is done, instead of a
+    future: saves a future and a scheduled callback per write on the hot path."""
+    message: NewMessage | None = None
+    """Set for a single append: runs of them are written together (``_append_run``)."""
 
 
 @dataclass(slots=True)
@@ -420,10 +435,11 @@ class SQLiteStore(Store):
         *,
         size: int = 1,
         isolated: bool = True,
+        message: NewMessage | None = None,
     ) -> asyncio.Future[_T]:
         loop = self._loop_or_raise()
         future: asyncio.Future[_T] = loop.create_future()
-        self._pending.append(_WriteOp(run, future, size, isolated))
+        self._pending.append(_WriteOp(run, future, size, isolated, message=message))
         wakeup = self._wakeup
         assert wakeup is not None
         wakeup.set()
@@ -449,26 +465,39 @@ class SQLiteStore(Store):
                 await loop.run_in_executor(writer, self._commit_batch, batch)
             except asyncio.CancelledError:
                 for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(
-                            StoreUnavailableError(
-                                "the store's event loop stopped while a commit was in flight, "
-                                "so its outcome is unknown: retry the write (appends are "
-                                "deduplicated by their client message id)"
-                            )
-                        )
+                    op.error = StoreUnavailableError(
+                        "the store's event loop stopped while a commit was in flight, "
+                        "so its outcome is unknown: retry the write (appends are "
+                        "deduplicated by their client message id)"
+                    )
+                    op.result = None
+                self._resolve(batch)
                 raise
             except Exception as exc:
                 for op in batch:
                     op.error = self._translate(exc)
-            for op in batch:
-                future = op.future
-                if future.done():  # the caller was cancelled; the write stands anyway
-                    continue
-                if op.error is not None:
-                    future.set_exception(op.error)
-                else:
-                    future.set_result(op.result)
+            # Resolved in the loop's next pass: the next batch goes to the writer first,
+            # so it commits while the loop answers this one.
+            loop.call_soon(self._resolve, batch)
+
+    @staticmethod
+    def _resolve(batch: list[_WriteOp]) -> None:
+        """Hands each op's outcome to its caller, in commit order."""
+        for op in batch:
+            callback = op.callback
+            if callback is not None:
+                try:
+                    callback(op.result, op.error)
+                except Exception:
+                    log.exception("a write's completion callback failed")
+                continue
+            future = op.future
+            if future is None or future.done():  # the caller was cancelled; the write stands
+                continue
+            if op.error is not None:
+                future.set_exception(op.error)
+            else:
+                future.set_result(op.result)
 
     def _take_batch(self, pending: list[_WriteOp]) -> list[_WriteOp]:
         total = 0
@@ -490,8 +519,17 @@ class SQLiteStore(Store):
         started = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            run: list[_WriteOp] = []
             for op in batch:
+                if op.message is not None:
+                    run.append(op)
+                    continue
+                if run:
+                    self._append_run(conn, run)
+                    run = []
                 self._run_op(conn, op)
+            if run:
+                self._append_run(conn, run)
             conn.execute("COMMIT")
         except Exception as exc:
             self._rollback(conn)
@@ -547,6 +585,52 @@ class SQLiteStore(Store):
             op.error = exc
         conn.execute("RELEASE op")
 
+    def _append_run(self, conn: sqlite3.Connection, ops: list[_WriteOp]) -> None:
+        """Writes consecutive single appends with one seq update per conversation and one
+        ``executemany``; falls back to one append at a time (same outcomes, in the same
+        order) if any of them is a retry, names an unknown conversation or hits a taken
+        seq."""
+        if len(ops) == 1:
+            self._run_op(conn, ops[0])
+            return
+        messages: list[NewMessage] = []
+        counts: dict[int, int] = {}
+        for op in ops:
+            m = op.message
+            assert m is not None
+            messages.append(m)
+            counts[m.conv] = counts.get(m.conv, 0) + 1
+        now = time.time()
+        rows: list[tuple[Any, ...]] = []
+        conn.execute("SAVEPOINT run")
+        try:
+            seqs: dict[int, int] = {}
+            for conv, n in counts.items():
+                row = conn.execute(_ADD_SEQS, (n, conv)).fetchall()
+                if not row:
+                    raise _Fallback
+                seqs[conv] = row[0][0] - n + 1
+            for m in messages:
+                seq = seqs[m.conv]
+                seqs[m.conv] = seq + 1
+                rows.append(
+                    (m.conv, seq, m.sender, m.device, _cmid_to_db(m.cmid), m.body, m.kind, now)
+                )
+            if conn.executemany(_INSERT_MESSAGE, rows).rowcount != len(rows):
+                raise _Fallback  # a retry among them: it must get the original back
+        except (_Fallback, sqlite3.IntegrityError):
+            conn.execute("ROLLBACK TO run")
+            conn.execute("RELEASE run")
+            for op in ops:
+                self._run_op(conn, op)
+            return
+        conn.execute("RELEASE run")
+        for op, m, r in zip(ops, messages, rows, strict=True):
+            op.result = AppendResult(
+                StoredMessage(m.conv, r[1], m.sender, m.device, m.cmid, m.body, m.kind, now),
+                False,
+            )
+
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
@@ -601,7 +685,40 @@ class SQLiteStore(Store):
         returns after that transaction committed.
         """
         message = NewMessage(conv, sender, device, cmid, body, kind).validated()
-        return await self._submit(lambda conn: self._append_one(conn, message), isolated=False)
+        return await self._submit(
+            lambda conn: self._append_one(conn, message), isolated=False, message=message
+        )
+
+    def append_nowait(
+        self,
+        conv: int,
+        sender: str,
+        device: str,
+        cmid: int,
+        body: bytes,
+        callback: Callable[[AppendResult | None, BaseException | None], None],
+        kind: str = DEFAULT_KIND,
+    ) -> None:
+        """:meth:`append` without a coroutine or a future: queues the append and calls
+        ``callback(result, None)`` or ``callback(None, error)`` on the loop once its
+        batch has committed (or failed). Argument errors and a closed store raise here.
+        Callbacks run in commit order."""
+        message = NewMessage(conv, sender, device, cmid, body, kind).validated()
+        self._loop_or_raise()
+        append_one = self._append_one
+        self._pending.append(
+            _WriteOp(
+                lambda conn: append_one(conn, message),
+                None,
+                1,
+                False,
+                callback=callback,
+                message=message,
+            )
+        )
+        wakeup = self._wakeup
+        assert wakeup is not None
+        wakeup.set()
 
     async def append_many(self, messages: Sequence[NewMessage]) -> list[AppendResult]:
         """Appends ``messages`` all-or-nothing; see :meth:`Store.append_many`."""
