@@ -356,11 +356,11 @@ def report(results: list[Result], args: argparse.Namespace, load: tuple[float, f
         "- msgs/s: echoed round trips per second over all connections.",
         "- gen CPU: the load generator's CPU time over the run (100% = its core saturated).",
         "- server CPU: the server's CPU time over the run, as a share of one core.",
-        "- msgs/CPU-s: round trips per second of server CPU time, the efficiency figure,",
-        "  which holds even where the generator or other work limited msgs/s.",
-        "- other CPU: what every other process on the machine used meanwhile, in cores. A row",
-        f"  above {args.max_other_cpu:g} was run again (up to {args.attempts} times) and the",
-        "  least disturbed run is shown.",
+        "- msgs/CPU-s: round trips per second of server CPU time, the efficiency figure, "
+        "which holds even where the generator or other work limited msgs/s.",
+        "- other CPU: what every other process on the machine used meanwhile, in cores; "
+        f"a row above {args.max_other_cpu:g} was run again (up to {args.attempts} times in "
+        "all) and the least disturbed run is shown.",
         "",
         "| payload | conns | in flight/conn | bluewren msgs/s | picows msgs/s | "
         "bluewren/picows | gen CPU (bw / picows) | server CPU (bw / picows) | "
