@@ -13,13 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import pytest
 import uvloop
+
+from bluewren.node import Node, NodeConfig
 
 T = TypeVar("T")
 
@@ -51,6 +54,43 @@ def run(loop_name: str) -> Iterator[Run]:
     """A runner on a fresh event loop of the parametrized kind."""
     with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as runner:
         yield runner.run
+
+
+NodeScenario = Callable[[Node], Awaitable[None]]
+
+
+class NodeRunner(Protocol):
+    """Runs a scenario against a fresh in-process node; keyword arguments are
+    NodeConfig fields, except ``hooks`` (the Node's hook arguments)."""
+
+    def __call__(
+        self, scenario: NodeScenario, hooks: dict[str, Any] | None = None, **config: object
+    ) -> None: ...
+
+
+def node_runner(
+    loop_name: str, tmp_path: Path, *, timeout: float, **defaults: object
+) -> NodeRunner:
+    """A :class:`NodeRunner` on the ``loop_name`` event loop, its node listening on a free
+    loopback port with its data in ``tmp_path``; ``defaults`` are NodeConfig fields the
+    calling suite always wants (its token secret, extra listeners)."""
+
+    def runner(
+        scenario: NodeScenario, hooks: dict[str, Any] | None = None, **config: object
+    ) -> None:
+        async def main() -> None:
+            settings: dict[str, object] = {"port": 0, "data_dir": tmp_path, **defaults, **config}
+            node = Node(NodeConfig(**settings), **(hooks or {}))  # type: ignore[arg-type]
+            await node.start()
+            try:
+                await asyncio.wait_for(scenario(node), timeout)
+            finally:
+                await node.stop()
+
+        with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as r:
+            r.run(main())
+
+    return runner
 
 
 STARTUP_TIMEOUT = 30.0

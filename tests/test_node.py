@@ -16,11 +16,9 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import uvloop
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,41 +26,19 @@ from bluewren import FLAG_COMPRESSED, Compressor, encode_frame, encode_ws_frame
 from bluewren.client import Client, ClientError, ConnectionLost, Event
 from bluewren.node import CloseCode, ErrorCode, Kind, Node, NodeConfig
 from bluewren.store import AppendResult, StoredMessage
+from conftest import NodeRunner, NodeScenario, node_runner
 
 SECRET = "s" * 48
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 TEST_TIMEOUT = 30.0
 
-Scenario = Callable[[Node], Awaitable[None]]
-Run = Callable[..., None]
+Scenario = NodeScenario
+Run = NodeRunner
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
+@pytest.fixture
+def run(loop_name: str, tmp_path: Path) -> NodeRunner:
     """Runs a scenario against a fresh node on the parametrised event loop."""
-
-    def runner(scenario: Scenario, **config: object) -> None:
-        async def main() -> None:
-            settings: dict[str, object] = {
-                "port": 0,
-                "data_dir": tmp_path,
-                "token_secret": SECRET,
-                **config,
-            }
-            node = Node(NodeConfig(**settings))  # type: ignore[arg-type]
-            await node.start()
-            try:
-                await asyncio.wait_for(scenario(node), TEST_TIMEOUT)
-            finally:
-                await node.stop()
-
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
-            r.run(main())
-
-    return runner
+    return node_runner(loop_name, tmp_path, timeout=TEST_TIMEOUT, token_secret=SECRET)
 
 
 async def connect(node: Node, user: str, device: str = "d1", protocol: str = "binary") -> Client:

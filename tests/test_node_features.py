@@ -16,10 +16,8 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvloop
 from websockets.asyncio.client import connect as ws_connect
 
 from bluewren import decode_frames, encode_frames
@@ -29,44 +27,22 @@ from bluewren.node import CloseCode, ErrorCode, Kind, Node, NodeConfig, NodeConf
 from bluewren.node.hooks import MessageContext, Reject, Rewrite
 from bluewren.node.limits import TokenBucket
 from bluewren.store import StoredMessage
+from conftest import NodeRunner, NodeScenario, node_runner
 
 SECRET = "s" * 48
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 TEST_TIMEOUT = 60.0
 ROOT = Path(__file__).resolve().parent.parent
 
-Scenario = Callable[[Node], Awaitable[None]]
-Run = Callable[..., None]
+Scenario = NodeScenario
+Run = NodeRunner
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
+@pytest.fixture
+def run(loop_name: str, tmp_path: Path) -> NodeRunner:
     """Runs a scenario against a fresh node on the parametrised event loop.
 
     Keyword arguments are NodeConfig fields, except ``hooks`` (Node's hook arguments)."""
-
-    def runner(scenario: Scenario, hooks: dict[str, Any] | None = None, **config: object) -> None:
-        async def main() -> None:
-            settings: dict[str, object] = {
-                "port": 0,
-                "data_dir": tmp_path,
-                "token_secret": SECRET,
-                **config,
-            }
-            node = Node(NodeConfig(**settings), **(hooks or {}))  # type: ignore[arg-type]
-            await node.start()
-            try:
-                await asyncio.wait_for(scenario(node), TEST_TIMEOUT)
-            finally:
-                await node.stop()
-
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
-            r.run(main())
-
-    return runner
+    return node_runner(loop_name, tmp_path, timeout=TEST_TIMEOUT, token_secret=SECRET)
 
 
 async def connect(node: Node, user: str, device: str = "d1", protocol: str = "binary") -> Client:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from bluewren import (
     FLAG_COMPRESSED,
@@ -30,42 +28,20 @@ from bluewren import (
     parse_handshake_response,
 )
 from bluewren.client import Client, Event
-from bluewren.node import ErrorCode, Kind, Node, NodeConfig, decode_envelope
+from bluewren.node import ErrorCode, Kind, Node, decode_envelope
 from bluewren.node.compression import CAP_ZSTD, COMPRESS_MIN_BYTES, chat_corpus, load_dictionary
+from conftest import NodeRunner, NodeScenario, node_runner
 
 SECRET = "t" * 48
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 Frame = tuple[int, int, int, int, int, bytes]
-Scenario = Callable[[Node], Awaitable[None]]
-Run = Callable[..., None]
+Scenario = NodeScenario
+Run = NodeRunner
 LONG = b"Let me know when the release build passed review. " * 10  # chat-like, > threshold
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
-    def runner(scenario: Scenario, **config: object) -> None:
-        async def main() -> None:
-            settings: dict[str, object] = {
-                "port": 0,
-                "tcp_port": 0,
-                "data_dir": tmp_path,
-                "token_secret": SECRET,
-                **config,
-            }
-            node = Node(NodeConfig(**settings))  # type: ignore[arg-type]
-            await node.start()
-            try:
-                await asyncio.wait_for(scenario(node), 30)
-            finally:
-                await node.stop()
-
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
-            r.run(main())
-
-    return runner
+@pytest.fixture
+def run(loop_name: str, tmp_path: Path) -> NodeRunner:
+    return node_runner(loop_name, tmp_path, timeout=30, token_secret=SECRET, tcp_port=0)
 
 
 class Stream:

@@ -15,54 +15,31 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from bluewren import encode_frame, encode_ws_frame
 from bluewren.client import Client, ClientError, Event
 from bluewren.node import Kind, MessageContext, Node, NodeConfig
 from bluewren.node.logs import JsonFormatter, configure_logging
+from conftest import NodeRunner, NodeScenario, node_runner
 
 SECRET = "m" * 48
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
 TEST_TIMEOUT = 30.0
 
-Scenario = Callable[[Node], Awaitable[None]]
-Run = Callable[..., None]
+Scenario = NodeScenario
+Run = NodeRunner
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
+@pytest.fixture
+def run(loop_name: str, tmp_path: Path) -> NodeRunner:
     """Runs a scenario against a fresh node (metrics on) on the parametrised loop."""
-
-    def runner(scenario: Scenario, **config: object) -> None:
-        async def main() -> None:
-            settings: dict[str, object] = {
-                "port": 0,
-                "metrics_port": 0,
-                "data_dir": tmp_path,
-                "token_secret": SECRET,
-                **config,
-            }
-            node = Node(NodeConfig(**settings))  # type: ignore[arg-type]
-            await node.start()
-            try:
-                await asyncio.wait_for(scenario(node), TEST_TIMEOUT)
-            finally:
-                await node.stop()
-
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
-            r.run(main())
-
-    return runner
+    return node_runner(
+        loop_name, tmp_path, timeout=TEST_TIMEOUT, token_secret=SECRET, metrics_port=0
+    )
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str, str]:
