@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
-import resource
-import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
+from bluewren.node.admission import read_process_rss
 from bluewren.node.commands import BINARY_SUBPROTOCOL, JSON_SUBPROTOCOL
 
 if TYPE_CHECKING:
     from bluewren.node.server import Node
 
-__all__ = ["CONTENT_TYPE", "Histogram", "NodeMetrics", "render", "rss_bytes"]
+__all__ = ["CONTENT_TYPE", "Histogram", "NodeMetrics", "render"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 """The Content-Type of a scrape."""
@@ -92,8 +90,6 @@ class NodeMetrics:
         """Connections closed because their outbox overflowed (close 4008)."""
         self.fanout_size = Histogram(FANOUT_BUCKETS)
         self.store_append_seconds = Histogram(LATENCY_BUCKETS)
-        self.loop_lag_seconds = 0.0
-        """Event-loop lag seen by the monitor task at its last tick."""
 
     def stored(self, seconds: float) -> None:
         """One message was appended to the store in ``seconds``."""
@@ -106,16 +102,6 @@ class NodeMetrics:
         self.messages_out += recipients
         self.fanout_size.observe(recipients)
         self.slow_consumer_closes += overflowed
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process in bytes (peak RSS where /proc is missing)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _num(value: float) -> str:
@@ -199,8 +185,9 @@ def render(node: Node) -> str:
                     f'bluewren_breaker_state{{breaker="{_escape(name)}",state="{candidate}"}} '
                     f"{value}"
                 )
+    # Both readings come from the admission monitor's sampler: one task, one reader.
     _head(out, "bluewren_event_loop_lag_seconds", "gauge", "Event-loop lag at the last tick.")
-    out.append(f"bluewren_event_loop_lag_seconds {_num(m.loop_lag_seconds)}")
+    out.append(f"bluewren_event_loop_lag_seconds {_num(node.admission.lag)}")
     _head(out, "bluewren_process_rss_bytes", "gauge", "Resident set size of the process.")
-    out.append(f"bluewren_process_rss_bytes {rss_bytes()}")
+    out.append(f"bluewren_process_rss_bytes {read_process_rss()}")
     return "\n".join(out) + "\n"

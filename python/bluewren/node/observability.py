@@ -13,8 +13,7 @@ and HEAD are served.
 - ``/admin/...``: the admin API, behind ``admin_token`` (``bluewren.node.admin``); it also
   takes POST, with a body of at most ``MAX_BODY`` bytes.
 
-It also runs the event-loop lag monitor: a task that sleeps ``LAG_INTERVAL`` and records
-how late it woke up.
+The event-loop lag and RSS it reports are sampled by the node's admission monitor.
 """
 
 from __future__ import annotations
@@ -31,10 +30,7 @@ from bluewren.node.metrics import CONTENT_TYPE, render
 if TYPE_CHECKING:
     from bluewren.node.server import Node
 
-__all__ = ["LAG_INTERVAL", "ObservabilityServer", "readiness"]
-
-LAG_INTERVAL: Final = 0.25
-"""Seconds between two ticks of the event-loop lag monitor."""
+__all__ = ["ObservabilityServer", "readiness"]
 
 REQUEST_TIMEOUT: Final = 5.0
 """Seconds a client has to send its request head."""
@@ -83,7 +79,6 @@ class ObservabilityServer:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._server: asyncio.Server | None = None
-        self._monitor: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -93,30 +88,16 @@ class ObservabilityServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int) -> None:
-        """Listens on ``host:port`` and starts the lag monitor."""
+        """Listens on ``host:port``."""
         self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
-        self._monitor = asyncio.create_task(self._watch_loop())
 
     async def close(self) -> None:
-        """Stops listening and stops the monitor."""
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-            self._monitor = None
+        """Stops listening."""
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
-
-    async def _watch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        metrics = self._node.metrics
-        while True:
-            before = loop.time()
-            await asyncio.sleep(LAG_INTERVAL)
-            metrics.loop_lag_seconds = max(0.0, loop.time() - before - LAG_INTERVAL)
 
     def _answer(self, method: str, target: str) -> tuple[int, str, str]:
         path = target.split("?", 1)[0]
