@@ -32,7 +32,56 @@ CLOSE_GRACE = 5.0
 """Seconds a closed connection may take to drain before its socket is aborted."""
 
 
-class Session(BufferedWebSocketProtocol):
+class SessionEvents:
+    """What the node calls on every connection, WebSocket or raw TCP: the verified
+    identity and event queueing. Each transport says how payloads are queued
+    (:meth:`_queue`) and what a token expiry does (:meth:`_token_expired`)."""
+
+    node: Node
+    codec: Codec
+    identity: Identity | None
+    is_closed: bool
+    _timer: asyncio.TimerHandle | None
+
+    def _queue(self, payloads: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _token_expired(self) -> None:
+        raise NotImplementedError
+
+    def authenticated(self, identity: Identity) -> None:
+        """Records the verified identity and arms the token-expiry close."""
+        self.identity = identity
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, identity.seconds_left()), self._token_expired)
+
+    def emit(
+        self,
+        kind: Kind,
+        *,
+        conv: int = 0,
+        seq: int = 0,
+        cmid: int = 0,
+        obj: dict[str, Any] | None = None,
+    ) -> None:
+        """Queues one event for this connection; it leaves at the node's next flush."""
+        if not self.is_closed:
+            self._queue([self.codec.event(kind, conv=conv, seq=seq, cmid=cmid, obj=obj)])
+
+    def emit_payloads(self, payloads: list[bytes]) -> None:
+        """Queues already-encoded messages of this connection's encoding."""
+        if not self.is_closed:
+            self._queue(payloads)
+
+    def emit_error(self, cmd: Command | None, err: CommandError) -> None:
+        """Queues the ERROR event answering ``cmd``."""
+        if not self.is_closed:
+            self._queue([self.codec.error(cmd, err)])
+
+
+class Session(SessionEvents, BufferedWebSocketProtocol):
     """Server side of one client connection; see the module docstring.
 
     ``conn_id`` keys the connection in the node's ``FanOut``. ``live`` is False until
@@ -125,42 +174,9 @@ class Session(BufferedWebSocketProtocol):
 
     # -- what the node calls ---------------------------------------------------------
 
-    def authenticated(self, identity: Identity) -> None:
-        """Records the verified identity and arms the token-expiry close."""
-        self.identity = identity
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, identity.seconds_left()), self._token_expired)
-
-    def emit(
-        self,
-        kind: Kind,
-        *,
-        conv: int = 0,
-        seq: int = 0,
-        cmid: int = 0,
-        obj: dict[str, Any] | None = None,
-    ) -> None:
-        """Queues one event for this connection; it leaves at the node's next flush."""
-        if self.is_closed:
-            return
-        self.send(self.codec.opcode, self.codec.event(kind, conv=conv, seq=seq, cmid=cmid, obj=obj))
-        self.node.mark_dirty(self)
-
-    def emit_payloads(self, payloads: list[bytes]) -> None:
-        """Queues already-encoded messages of this session's subprotocol."""
-        if self.is_closed:
-            return
+    def _queue(self, payloads: list[bytes]) -> None:
         for payload in payloads:
             self.send(self.codec.opcode, payload)
-        self.node.mark_dirty(self)
-
-    def emit_error(self, cmd: Command | None, err: CommandError) -> None:
-        """Queues the ERROR event answering ``cmd``."""
-        if self.is_closed:
-            return
-        self.send(self.codec.opcode, self.codec.error(cmd, err))
         self.node.mark_dirty(self)
 
     def shut(self, code: int, reason: str) -> None:

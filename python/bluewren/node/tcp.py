@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from bluewren import FrameDecoder, FrameError
 from bluewren.auth import Identity
-from bluewren.node.commands import CloseCode, ErrorCode, Kind
-from bluewren.node.session import CLOSE_GRACE
+from bluewren.node.commands import CloseCode, ErrorCode
+from bluewren.node.session import CLOSE_GRACE, SessionEvents
 from bluewren.node.wire import BinaryCodec, Codec, Command, CommandError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["TcpSession"]
 
 
-class TcpSession(asyncio.Protocol):
+class TcpSession(SessionEvents, asyncio.Protocol):
     """One raw TCP connection; see the module docstring."""
 
     framing = "tcp"
@@ -138,41 +138,8 @@ class TcpSession(asyncio.Protocol):
 
     # -- what the node calls (the Session interface) ---------------------------------
 
-    def authenticated(self, identity: Identity) -> None:
-        """Records the verified identity and arms the token-expiry close."""
-        self.identity = identity
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, identity.seconds_left()), self._token_expired)
-
-    def emit(
-        self,
-        kind: Kind,
-        *,
-        conv: int = 0,
-        seq: int = 0,
-        cmid: int = 0,
-        obj: dict[str, Any] | None = None,
-    ) -> None:
-        """Queues one event; it leaves at the node's next flush."""
-        if self.is_closed:
-            return
-        self._out.append(self.codec.event(kind, conv=conv, seq=seq, cmid=cmid, obj=obj))
-        self.node.mark_dirty(self._session)
-
-    def emit_payloads(self, payloads: list[bytes]) -> None:
-        """Queues already-encoded frames."""
-        if self.is_closed:
-            return
+    def _queue(self, payloads: list[bytes]) -> None:
         self._out.extend(payloads)
-        self.node.mark_dirty(self._session)
-
-    def emit_error(self, cmd: Command | None, err: CommandError) -> None:
-        """Queues the ERROR event answering ``cmd``."""
-        if self.is_closed:
-            return
-        self._out.append(self.codec.error(cmd, err))
         self.node.mark_dirty(self._session)
 
     def send_raw(self, data: bytes) -> None:
