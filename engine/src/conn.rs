@@ -52,6 +52,9 @@ pub enum ConnEvent<'a> {
     Failed(WsError),
 }
 
+/// Capacity of an output buffer when the first frame after a flush is queued.
+pub const OUT_INITIAL: usize = 1024;
+
 /// The server side of one WebSocket connection.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -160,6 +163,8 @@ impl ServerConn {
 
     /// Queues a data message.
     pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
+        // 14: the longest server frame header.
+        self.reserve_out(payload.len() + 14);
         ws::encode_frame(&mut self.out, opcode, payload, true, None);
     }
 
@@ -178,9 +183,13 @@ impl ServerConn {
 
     /// Drops `n` written bytes from the front of the output (all of it when `n`
     /// is at least its length, the common case).
+    ///
+    /// A fully written output gives its memory back, so an idle connection
+    /// holds no output buffer; the next message allocates one of at least
+    /// [`OUT_INITIAL`] bytes.
     pub fn consume_out(&mut self, n: usize) {
         if n >= self.out.len() {
-            self.out.clear();
+            self.out = Vec::new();
         } else {
             self.out.drain(..n);
         }
@@ -189,7 +198,39 @@ impl ServerConn {
     /// Appends already-encoded WebSocket frames (for example a fan-out frame
     /// shared by many connections) to the output.
     pub fn extend_out(&mut self, frames: &[u8]) {
+        self.reserve_out(frames.len());
         self.out.extend_from_slice(frames);
+    }
+
+    /// An empty output starts at [`OUT_INITIAL`] bytes, so the frames of one
+    /// pass do not grow it from nothing one doubling at a time.
+    fn reserve_out(&mut self, additional: usize) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(additional.max(OUT_INITIAL));
+        }
+    }
+
+    /// Bytes received but not yet handled: a partial request or frame. While
+    /// this is zero the connection holds no input, and the caller may read the
+    /// socket into a shared buffer and [`feed`](Self::feed) the bytes instead of
+    /// reading into [`read_buf`](Self::read_buf).
+    pub fn buffered(&self) -> usize {
+        match self.phase {
+            Phase::Handshake => self.hs_len,
+            _ => self.decoder.buffered(),
+        }
+    }
+
+    /// Gives back the input buffers when they hold nothing (see
+    /// [`Decoder::shrink`]): an idle connection then costs a few hundred bytes.
+    pub fn shrink(&mut self) {
+        if self.phase == Phase::Handshake {
+            if self.hs_len == 0 {
+                self.handshake = Vec::new();
+            }
+        } else {
+            self.decoder.shrink();
+        }
     }
 
     /// The next event, or `None` when more bytes are needed (or the connection is closed).
@@ -277,6 +318,42 @@ mod tests {
         assert!(c.accept(None));
         c.consume_out(usize::MAX);
         c
+    }
+
+    #[test]
+    fn idle_connection_holds_no_buffers() {
+        let mut c = open_conn();
+        c.send(OpCode::Binary, b"hello");
+        assert!(c.out.capacity() >= OUT_INITIAL);
+        c.consume_out(usize::MAX);
+        assert_eq!(c.out.capacity(), 0);
+        c.feed(&client_frame(OpCode::Binary, b"ping"));
+        assert!(c.buffered() > 0);
+        assert_eq!(c.poll(), Some(ConnEvent::Binary(b"ping")));
+        assert_eq!(c.buffered(), 0);
+        c.shrink();
+        assert_eq!(c.decoder.buffered(), 0);
+        // Fed again after shrinking, it decodes as before.
+        c.feed(&client_frame(OpCode::Binary, b"again"));
+        assert_eq!(c.poll(), Some(ConnEvent::Binary(b"again")));
+    }
+
+    #[test]
+    fn shrink_keeps_a_partial_frame_and_a_partial_request() {
+        let mut c = ServerConn::new(WsLimits::default(), HandshakeLimits::default());
+        let req = request(&[]);
+        c.feed(&req[..10]);
+        c.shrink();
+        assert_eq!(c.buffered(), 10);
+        c.feed(&req[10..]);
+        assert_eq!(c.poll(), Some(ConnEvent::Request));
+        assert!(c.accept(None));
+        let frame = client_frame(OpCode::Text, b"split");
+        c.feed(&frame[..3]);
+        c.shrink();
+        assert_eq!(c.buffered(), 3);
+        c.feed(&frame[3..]);
+        assert_eq!(c.poll(), Some(ConnEvent::Text(b"split")));
     }
 
     #[test]

@@ -1,10 +1,14 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The event loop's side of a WebSocket connection.
 
-``WebSocketProtocol`` is an asyncio ``BufferedProtocol``: the loop reads the
-socket straight into the engine's buffer (``get_buffer`` returns a memoryview of
-it), and ``buffer_updated`` hands the new bytes to the Rust decoder through the
-engine's C ABI without a Python call. Every event of one read is handled in one
+``WebSocketProtocol`` is an asyncio ``BufferedProtocol``. While a connection
+holds no partial frame (nearly always) the loop reads its socket into one read
+buffer shared by every connection of the thread, and ``buffer_updated`` copies
+the bytes into the engine, which decodes them and keeps only what remains of an
+unfinished frame; an idle connection therefore holds no read buffer at all.
+While a frame is partly received the loop reads straight into that
+connection's engine buffer instead (zero copy, so a large frame is never copied
+twice). The engine is called through its C ABI, without a Python call. Every event of one read is handled in one
 loop, and everything queued meanwhile (pongs, close replies, messages sent by
 handlers) leaves in one ``transport.write``.
 
@@ -23,6 +27,20 @@ from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport uint8_t, uint16_t
 
 from bluewren cimport *
+
+cdef extern from *:
+    """
+    /* One read buffer per thread: an event loop runs in one thread and hands
+     * the buffer from get_buffer() to buffer_updated() before any other
+     * connection of that loop reads, so its connections can share it. */
+    static __thread unsigned char *bw_shared_read_buf = NULL;
+    static unsigned char *bw_shared_read(size_t size) {
+        if (bw_shared_read_buf == NULL)
+            bw_shared_read_buf = (unsigned char *)PyMem_RawMalloc(size);
+        return bw_shared_read_buf;
+    }
+    """
+    uint8_t *bw_shared_read(size_t size)
 
 cdef enum:
     READ_SIZE = 65536
@@ -43,6 +61,7 @@ cdef class WebSocketProtocol:
     cdef bw_conn *_conn
     cdef public object transport
     cdef bint _writing_paused
+    cdef bint _shared_read
     cdef object _linger
     cdef readonly unsigned long long messages_in
     cdef readonly unsigned long long bytes_in
@@ -70,13 +89,25 @@ cdef class WebSocketProtocol:
     def get_buffer(self, Py_ssize_t sizehint):
         cdef size_t n = 0
         cdef size_t want = <size_t>sizehint if sizehint > READ_SIZE else READ_SIZE
-        cdef uint8_t *buf = bw_conn_read_buf(self._conn, want, &n)
+        cdef uint8_t *buf
+        if bw_conn_buffered(self._conn) == 0:
+            buf = bw_shared_read(READ_SIZE)
+            if buf is not NULL:
+                self._shared_read = True
+                return PyMemoryView_FromMemory(<char *>buf, READ_SIZE, PyBUF_WRITE)
+        self._shared_read = False
+        buf = bw_conn_read_buf(self._conn, want, &n)
         return PyMemoryView_FromMemory(<char *>buf, <Py_ssize_t>n, PyBUF_WRITE)
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        bw_conn_commit(self._conn, <size_t>nbytes)
+        if self._shared_read:
+            self._shared_read = False
+            bw_conn_feed(self._conn, bw_shared_read(READ_SIZE), <size_t>nbytes)
+        else:
+            bw_conn_commit(self._conn, <size_t>nbytes)
         self.bytes_in += <unsigned long long>nbytes
         self._process()
+        bw_conn_shrink(self._conn)
 
     def eof_received(self):
         # Returning False lets the transport close itself.

@@ -52,6 +52,14 @@ int bw_conn_phase(const bw_conn *conn);
 
 uint8_t *bw_conn_read_buf(bw_conn *conn, size_t min, size_t *len);
 void bw_conn_commit(bw_conn *conn, size_t n);
+/* Copies len bytes in, as if read into bw_conn_read_buf() and committed. */
+void bw_conn_feed(bw_conn *conn, const uint8_t *data, size_t len);
+/* Bytes received but not yet handled (a partial request or frame). While it is
+ * 0 the socket may be read into a shared buffer and the bytes given to
+ * bw_conn_feed(). */
+size_t bw_conn_buffered(const bw_conn *conn);
+/* Frees the input buffers if they hold nothing: an idle connection keeps none. */
+void bw_conn_shrink(bw_conn *conn);
 int bw_conn_poll(bw_conn *conn, bw_event *ev);
 
 /* The pending request: path, i-th offered subprotocol, a header by name. Return 1 if present. */

@@ -119,6 +119,24 @@ pub unsafe extern "C" fn bw_conn_commit(conn: *mut BwConn, n: usize) {
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn bw_conn_feed(conn: *mut BwConn, data: *const u8, len: usize) {
+    // SAFETY: valid conn and data buffer.
+    unsafe { &mut *conn }.conn.feed(unsafe { bytes(data, len) });
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn bw_conn_buffered(conn: *const BwConn) -> usize {
+    // SAFETY: valid conn.
+    unsafe { &*conn }.conn.buffered()
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn bw_conn_shrink(conn: *mut BwConn) {
+    // SAFETY: valid conn.
+    unsafe { &mut *conn }.conn.shrink();
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn bw_conn_poll(conn: *mut BwConn, ev: *mut BwEvent) -> i32 {
     // SAFETY: valid conn and event out-pointer.
     let (c, ev) = unsafe { (&mut *conn, &mut *ev) };
