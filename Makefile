@@ -30,6 +30,7 @@ stubtest:
 	$(PYTHON) -m mypy.stubtest bluewren._native bluewren._protocol --allowlist .stubtest-allowlist
 
 rust-test:
+	cargo build -p bluewren-loadgen
 	cargo test --workspace
 
 py-test:

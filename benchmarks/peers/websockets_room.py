@@ -1,0 +1,69 @@
+"""Room broadcast server on ``websockets`` (its asyncio API and ``websockets.broadcast``).
+
+    python benchmarks/peers/websockets_room.py --port 9010
+
+Speaks the room protocol of the end-to-end benchmarks (benchmarks/e2e/): a client joins
+the room named in the query string (``ws://HOST:PORT/?room=NAME``); every binary message
+it sends goes, unchanged, to every other connection of that room. Text is ignored.
+Written as the library documents broadcasting: ``broadcast(connections, message)``,
+which writes to each connection without awaiting it. Prints ``READY <port>`` once
+listening; serves until SIGTERM or SIGINT. uvloop by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+ROOMS: dict[str, set[ServerConnection]] = {}
+
+
+def room_of(path: str) -> str:
+    return parse_qs(urlsplit(path).query).get("room", [""])[0]
+
+
+async def handler(ws: ServerConnection) -> None:
+    room = ROOMS.setdefault(room_of(ws.request.path if ws.request else "/"), set())
+    room.add(ws)
+    try:
+        async for message in ws:
+            if isinstance(message, bytes):
+                broadcast([c for c in room if c is not ws], message)
+    finally:
+        room.discard(ws)
+
+
+async def run(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set_result, None)
+    # No compression (the clients do not ask for it either); messages up to 16 MiB.
+    async with serve(handler, host, port, compression=None, max_size=1 << 24) as server:
+        bound = next(iter(server.sockets)).getsockname()[1]
+        print(f"READY {bound}", flush=True)
+        await stop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9010, help="0: any free port")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args(argv)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(args.host, args.port))
+    else:
+        asyncio.run(run(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
