@@ -19,6 +19,7 @@ from bluewren import encode_frame
 from bluewren.client import Client, ConnectionLost
 from bluewren.node import Kind, Node, NodeConfig
 from bluewren.node.admin import DRAIN_CLOSE_CODE, KICK_CLOSE_CODE, SYSTEM_SENDER
+from bluewren.node.commands import CloseCode
 
 SECRET = "m" * 48
 ADMIN = "admin-token-" + "x" * 20
@@ -146,7 +147,9 @@ def test_admin_kick_closes_that_connection_with_4003_only(tmp_path: Path) -> Non
         (victim,) = [s.conn_id for s in node.online("alice")]
         status, body = await http(node.metrics_port, "POST", f"/admin/connections/{victim}/kick")
         assert (status, body) == (200, {"kicked": victim, "code": KICK_CLOSE_CODE})
-        assert await asyncio.wait_for(alice.wait_closed(), 10) == KICK_CLOSE_CODE
+        code = await asyncio.wait_for(alice.wait_closed(), 10)
+        assert code == CloseCode.KICKED
+        assert code == 4003
         await bob.sync()  # bob's connection still answers
         status, body = await http(node.metrics_port, "POST", f"/admin/connections/{victim}/kick")
         assert (status, body["error"]) == (404, "not_found")
@@ -254,3 +257,12 @@ def test_admin_lists_and_kicks_a_raw_tcp_connection(tmp_path: Path) -> None:
                 await writer.wait_closed()
 
     run(tmp_path, scenario, tcp_port=0)
+
+
+def test_every_close_code_is_documented_in_the_protocol_close_code_table() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    table = text.split("## Close codes", 1)[1].split("\n## ", 1)[0]
+    for code in CloseCode:
+        assert f"\n| {int(code)} |" in table, code
+    assert KICK_CLOSE_CODE is CloseCode.KICKED
+    assert "kick" in table.split("\n| 4003 |", 1)[1].split("\n", 1)[0]

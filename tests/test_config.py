@@ -40,6 +40,7 @@ BAD_VALUES: dict[str, object] = {
     "outbox_high_water": 1,
     "outbox_max_bytes": -1,
     "sqlite_synchronous": "OFF",
+    "store_wal_checkpoint_pages": 0,
     "shutdown_timeout": 0,
     "tcp_port": 70000,
     "send_rate": 0,
@@ -64,6 +65,10 @@ BAD_VALUES: dict[str, object] = {
     "metrics_port": 70000,
     "admin_token": "short",
     "log_level": "LOUD",
+    "tls_cert": "cert.pem",  # without tls_key
+    "tls_key": "key.pem",  # without tls_cert
+    "max_open_files": 3,
+    "disabled_refresh_interval": 0,
 }
 
 FIELDS = [f.name for f in dataclasses.fields(NodeConfig)]

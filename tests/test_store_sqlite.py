@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import pickle
@@ -897,6 +898,75 @@ def test_invalid_arguments_are_refused_with_the_field_named(run: Run, db: Path) 
     with pytest.raises(StoreArgumentError) as batch:
         SQLiteStore(db, batch_max=0)
     assert batch.value.field == "batch_max"
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(StoreArgumentError) as pages:
+            SQLiteStore(db, wal_checkpoint_pages=bad)  # type: ignore[arg-type]
+        assert pages.value.field == "wal_checkpoint_pages"
+    assert SQLiteStore(db, wal_checkpoint_pages=1).wal_checkpoint_pages == 1
+
+
+def wal_frames(db: Path) -> int:
+    """mxFrame of the wal-index header (the -shm file): the frames in the log."""
+    with open(f"{db}-shm", "rb") as shm:
+        header = shm.read(20)
+    return int.from_bytes(header[16:20], sys.byteorder)
+
+
+def test_wal_is_checkpointed_off_the_commit_path_and_stays_bounded(run: Run, db: Path) -> None:
+    # Each single append commits alone (about 4 pages: message, two index leaves, the
+    # conversation's row), so 500 of them write some 2,000 frames.
+    limit = 40
+
+    async def scenario(pages: int, slow: float = 0.0) -> tuple[list[int], int]:
+        seen: list[int] = []
+        async with SQLiteStore(db, wal_checkpoint_pages=pages) as store:
+            if slow:  # a checkpoint thread that falls far behind the commits
+                aside = store._checkpoint_aside
+
+                def slow_aside() -> None:
+                    time.sleep(slow)
+                    aside()
+
+                store._checkpoint_aside = slow_aside  # type: ignore[method-assign]
+            conv = (await store.create_direct("a", "b")).id
+            for i in range(500):
+                await store.append(conv, "a", "d", i + 1, b"x" * 100)
+                seen.append(wal_frames(db))
+            assert await store.last_seq(conv) == 500
+            return seen, store.stats.checkpoints
+
+    # A limit never reached: no checkpoint at all, not even SQLite's automatic one at
+    # 1,000 pages (it is off: it would run inside a COMMIT).
+    seen, checkpoints = run(scenario(10**9))
+    assert checkpoints == 0
+    assert max(seen) > 1000
+    assert seen == sorted(seen)  # the log only grew
+    db.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    seen, checkpoints = run(scenario(limit))
+    assert checkpoints >= 4
+    # The edge: the log grows untouched up to the first commit that reaches the limit.
+    first = next(i for i, frames in enumerate(seen) if frames >= limit)
+    assert seen[: first + 1] == sorted(seen[: first + 1])
+    # The log restarted from its beginning, again and again, and never grew past the
+    # bound (8 x the limit) by more than one commit (a few frames), however slowly the
+    # checkpoint thread ran.
+    restarts = sum(1 for a, b in itertools.pairwise(seen) if b < a)
+    assert restarts >= 4
+    assert max(seen) < 8 * limit + 20
+    with raw_connection(db) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 500
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    # Step 1 takes 0.3 s, far longer than the log takes to reach the bound: the writer
+    # waits for it there, so the bound holds anyway.
+    seen, checkpoints = run(scenario(limit, slow=0.3))
+    assert checkpoints >= 2
+    assert max(seen) >= 8 * limit
+    assert max(seen) < 8 * limit + 20
 
 
 def test_store_errors_are_bluewren_errors_and_pickle(tmp_path: Path) -> None:

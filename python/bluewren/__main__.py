@@ -1,5 +1,5 @@
 """Command line: ``bluewren serve``, ``token``, ``check-config``, ``config``, ``backup``,
-``export``, ``erase``, ``users``, ``groups``, ``version``.
+``export``, ``import``, ``erase``, ``users``, ``groups``, ``version``.
 
     bluewren serve --config bluewren.toml --port 8470
     bluewren token alice --device phone --ttl 3600
@@ -7,10 +7,18 @@
     bluewren config --print-defaults > bluewren.toml
     bluewren backup /backup/bluewren-2026-01-31.db --config bluewren.toml
     bluewren export alice --out alice.json --config bluewren.toml
+    bluewren import alice.json --data-dir /var/lib/bluewren-new
     bluewren erase alice --yes --config bluewren.toml
     bluewren users list
+    bluewren users show alice
+    bluewren users disable mallory --reason "abuse report 1234"
+    bluewren users enable mallory
     bluewren groups list
     bluewren groups show 42
+    bluewren groups create "ops team" --owner alice --member bob --member carol
+    bluewren groups add 42 dave erin
+    bluewren groups remove 42 erin
+    bluewren groups rename 42 "ops and on-call"
     bluewren version
 
 (``python -m bluewren ...`` is the same.) Settings come from the TOML file of
@@ -79,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p_token.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p_token.add_argument("--data-dir", dest="data_dir", default=None, help="where the secret is")
     p_check = sub.add_parser(
-        "check-config", help="validate a configuration file (with BLUEWREN_* applied)"
+        "check-config",
+        help="validate a configuration file (with BLUEWREN_* applied, TLS files loaded)",
     )
     p_check.add_argument("file")
     p_config = sub.add_parser("config", help="configuration tools")
@@ -98,8 +107,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _DATA_EPILOG = (
-    "exit status: 0 done, 1 store missing or unreadable (or output not writable), "
-    "2 bad arguments or configuration, 4 no such user or conversation"
+    "exit status: 0 done, 1 store missing or unreadable (or a file not readable or "
+    "writable), 2 bad arguments, configuration or import file, 4 no such user or "
+    "conversation, 5 the import does not fit the store (nothing written)"
+)
+_OFFLINE = (
+    " Run it on a stopped node: a running node keeps memberships and sequence numbers "
+    "in memory and would not see the change until it restarts."
 )
 
 
@@ -130,16 +144,88 @@ def _data_parsers(sub: Any) -> None:
     p.add_argument("user", help="the user id, as in their tokens")
     p.add_argument("--yes", action="store_true", help="really erase (there is no undo)")
     _store_args(p)
-    p = sub.add_parser("users", help="users the store knows", epilog=_DATA_EPILOG)
+    p = sub.add_parser(
+        "import",
+        help="restore a user's data from an export file",
+        description="Reads FILE (written by 'bluewren export') and restores that user's "
+        "memberships, messages, cursors and read marks into the store (created if "
+        "missing), in one transaction, with a progress bar on stderr. Importing twice "
+        "changes nothing: a message already stored (same conversation, sender and cmid) "
+        "is skipped. Messages keep their sequence numbers while those are free in the "
+        "conversation; from the first taken one on, they are appended after its end, in "
+        "order. See docs/operations.md." + _OFFLINE,
+        epilog=_DATA_EPILOG,
+    )
+    p.add_argument("file", metavar="FILE", help="an export file (format bluewren-user-export/1)")
+    _store_args(p)
+    p = sub.add_parser(
+        "users",
+        help="users the store knows: list, show, disable, enable",
+        description="'list' and 'show' read; 'disable' and 'enable' are safe while the "
+        "node runs: it reads the list every disabled_refresh_interval seconds, then refuses "
+        "the user's tokens at HELLO (close 4001) and closes their connections.",
+        epilog=_DATA_EPILOG,
+    )
     users = p.add_subparsers(dest="action", required=True)
     p = users.add_parser("list", help="one line per user: name, conversations, messages sent")
     _store_args(p)
-    p = sub.add_parser("groups", help="group conversations in the store", epilog=_DATA_EPILOG)
+    p = users.add_parser("show", help="one user as JSON", epilog=_DATA_EPILOG)
+    p.add_argument("user")
+    _store_args(p)
+    p = users.add_parser(
+        "disable", help="refuse the user's tokens and close their connections", epilog=_DATA_EPILOG
+    )
+    p.add_argument("user")
+    p.add_argument("--reason", default="", help="kept with the flag (shown by 'users show')")
+    p.add_argument(
+        "--force", action="store_true", help="disable an id the store knows nothing about yet"
+    )
+    _store_args(p)
+    p = users.add_parser("enable", help="accept the user's tokens again", epilog=_DATA_EPILOG)
+    p.add_argument("user")
+    _store_args(p)
+    p = sub.add_parser(
+        "groups",
+        help="group conversations: list, show, create, add, remove, rename",
+        description="'list' and 'show' read and are safe while the node runs; 'create', "
+        "'add', 'remove' and 'rename' change the store." + _OFFLINE,
+        epilog=_DATA_EPILOG,
+    )
     groups = p.add_subparsers(dest="action", required=True)
     p = groups.add_parser("list", help="one line per group: id, members, last seq, title")
     _store_args(p)
     p = groups.add_parser("show", help="one conversation and its members, as JSON")
     p.add_argument("conv", type=int, help="conversation id")
+    _store_args(p)
+    p = groups.add_parser(
+        "create", help="create a group; prints it as JSON", epilog=_DATA_EPILOG + "." + _OFFLINE
+    )
+    p.add_argument("title", help="the group's title")
+    p.add_argument("--owner", required=True, help="the owner's user id")
+    p.add_argument(
+        "--member", action="append", default=[], metavar="USER", help="a member (repeatable)"
+    )
+    _store_args(p)
+    p = groups.add_parser(
+        "add", help="add members to a group", epilog=_DATA_EPILOG + "." + _OFFLINE
+    )
+    p.add_argument("conv", type=int, help="conversation id")
+    p.add_argument("users", nargs="+", metavar="USER")
+    p.add_argument("--role", choices=("member", "admin", "owner"), default="member")
+    _store_args(p)
+    p = groups.add_parser(
+        "remove",
+        help="remove members from a group (all or none)",
+        epilog=_DATA_EPILOG + "." + _OFFLINE,
+    )
+    p.add_argument("conv", type=int, help="conversation id")
+    p.add_argument("users", nargs="+", metavar="USER")
+    _store_args(p)
+    p = groups.add_parser(
+        "rename", help="set a group's title", epilog=_DATA_EPILOG + "." + _OFFLINE
+    )
+    p.add_argument("conv", type=int, help="conversation id")
+    p.add_argument("title", help="the new title")
     _store_args(p)
 
 
@@ -150,9 +236,25 @@ def _data_command(args: argparse.Namespace) -> int:
     from bluewren import ops
 
     given = {"data_dir": args.data_dir} if args.data_dir is not None else {}
-    database = load_config(args.config, cli=given).database_path
+    config = load_config(args.config, cli=given)
+    database = config.database_path
     try:
-        if args.command == "export":
+        if args.command == "import":
+            result = ops.import_user(database, Path(args.file))
+            print(result.summary())
+            if result.skipped_convs:
+                print(
+                    f"bluewren: skipped {result.skipped} messages in conversations the "
+                    f"store does not have and {result.user} is no longer a member of "
+                    f"({', '.join(map(str, result.skipped_convs))}): import a member's "
+                    "export first, then this one again",
+                    file=sys.stderr,
+                )
+        elif args.command == "users":
+            return _users_command(args, database)
+        elif args.command == "groups" and args.action not in ("list", "show"):
+            return _groups_command(args, database, config.max_group_members)
+        elif args.command == "export":
             out = Path(args.out) if args.out is not None else None
             n = ops.export(database, args.user, out)
             if out is not None:
@@ -166,14 +268,63 @@ def _data_command(args: argparse.Namespace) -> int:
                 return ops.EXIT_USAGE
             counts = ops.erase(database, args.user)
             print(f"erased {args.user}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        elif args.command == "users":
-            for user, convs, sent in ops.users_list(database):
-                print(f"{user}\t{convs} conversations\t{sent} messages")
         elif args.action == "list":
             for conv, title, members, last in ops.groups_list(database):
                 print(f"{conv}\t{members} members\tseq {last}\t{title}")
         else:
             print(json.dumps(ops.groups_show(database, args.conv), indent=2))
+    except ops.OpsError as exc:
+        print(f"bluewren: {exc}", file=sys.stderr)
+        return exc.status
+    return ops.EXIT_OK
+
+
+def _users_command(args: argparse.Namespace, database: Any) -> int:
+    import json
+
+    from bluewren import ops
+
+    try:
+        if args.action == "list":
+            for user, convs, sent, disabled in ops.users_list(database):
+                flag = "\tdisabled" if disabled else ""
+                print(f"{user}\t{convs} conversations\t{sent} messages{flag}")
+        elif args.action == "show":
+            print(json.dumps(ops.users_show(database, args.user), indent=2))
+        elif args.action == "disable":
+            changed = ops.users_set_disabled(
+                database, args.user, True, args.reason, force=args.force
+            )
+            print(f"disabled {args.user}" if changed else f"{args.user} was already disabled")
+        else:
+            changed = ops.users_set_disabled(database, args.user, False)
+            print(f"enabled {args.user}" if changed else f"{args.user} was not disabled")
+    except ops.OpsError as exc:
+        print(f"bluewren: {exc}", file=sys.stderr)
+        return exc.status
+    return ops.EXIT_OK
+
+
+def _groups_command(args: argparse.Namespace, database: Any, max_members: int) -> int:
+    import json
+
+    from bluewren import ops
+
+    try:
+        if args.action == "create":
+            group = ops.groups_create(database, args.title, args.owner, args.member, max_members)
+            print(json.dumps(group, indent=2))
+        elif args.action == "add":
+            added, present = ops.groups_add(database, args.conv, args.users, args.role, max_members)
+            print(f"group {args.conv}: added {len(added)} ({', '.join(added) or '-'})")
+            if present:
+                print(f"already members: {', '.join(present)}")
+        elif args.action == "remove":
+            removed = ops.groups_remove(database, args.conv, args.users)
+            print(f"group {args.conv}: removed {len(removed)} ({', '.join(removed)})")
+        else:
+            old = ops.groups_rename(database, args.conv, args.title)
+            print(f"group {args.conv}: renamed from {old!r} to {args.title!r}")
     except ops.OpsError as exc:
         print(f"bluewren: {exc}", file=sys.stderr)
         return exc.status
@@ -196,10 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(defaults_toml())
             return 0
         if args.command == "check-config":
-            load_config(args.file)
+            from bluewren.node.lifecycle import check_tls
+
+            check_tls(load_config(args.file))  # the TLS files too, as serve would
             print("ok")
             return 0
-        if args.command in ("export", "erase", "users", "groups"):
+        if args.command in ("export", "import", "erase", "users", "groups"):
             return _data_command(args)
         if args.command in ("token", "backup"):
             given = {"data_dir": args.data_dir} if args.data_dir is not None else {}

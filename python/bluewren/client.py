@@ -26,6 +26,7 @@ import secrets
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext, SSLError
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import urlsplit
@@ -161,6 +162,10 @@ class Client:
     ``retries`` bounds the reconnect attempts of one ``send``. ``compression=True`` asks
     the node (binary protocol only) for zstd with the shipped dictionary on what it
     sends; ``self.compression`` then holds what the node agreed (``"zstd-dict"`` or None).
+    A ``wss://`` url connects over TLS: with ``ssl`` None the node's certificate is
+    verified with the system's certificate authorities, with an ``ssl.SSLContext`` as
+    that context says (e.g. one that trusts a private CA); ``ssl`` is refused with a
+    ``ws://`` url.
     """
 
     def __init__(
@@ -173,13 +178,20 @@ class Client:
         retries: int = 5,
         timeout: float = 10.0,
         compression: bool = False,
+        ssl: SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "ws" or not parts.hostname:
-            raise ValueError(f"url must look like ws://host:port/, got {url!r}")
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"url must look like ws://host:port/ or wss://host:port/, got {url!r}")
+        if ssl is not None and parts.scheme != "wss":
+            raise ValueError(f"ssl= needs a wss:// url, got {url!r}")
         self.url = url
         self._host = parts.hostname
-        self._port = parts.port or 80
+        self._port = parts.port or (443 if parts.scheme == "wss" else 80)
+        self._ssl: SSLContext | bool | None = (
+            (True if ssl is None else ssl) if parts.scheme == "wss" else None
+        )
+        """TLS for wss:// (True: the default context, the system's CAs); None for ws://."""
         self._path = parts.path or "/"
         self._token = token
         self.protocol: Final = protocol
@@ -232,7 +244,7 @@ class Client:
 
     async def _open(self) -> None:
         self.close_code = None
-        reader, writer = await asyncio.open_connection(self._host, self._port)
+        reader, writer = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
         key = base64.b64encode(os.urandom(16)).decode()
         proto = BINARY_SUBPROTOCOL if self.protocol == "binary" else JSON_SUBPROTOCOL
         writer.write(client_handshake(f"{self._host}:{self._port}", self._path, key, [proto]))
@@ -272,7 +284,8 @@ class Client:
             with contextlib.suppress(ConnectionError):
                 writer.write(encode_ws_close(1000, "", mask=os.urandom(4)))
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            # TLS: the node's close frame may cross our close_notify; nothing is lost.
+            with contextlib.suppress(ConnectionError, SSLError):
                 await writer.wait_closed()
         if self._read_task is not None:
             self._read_task.cancel()
@@ -562,7 +575,7 @@ class Client:
                 data = await reader.read(65536)
                 if not data:
                     return
-        except (ConnectionError, ValueError) as exc:
+        except (ConnectionError, SSLError, ValueError) as exc:
             reason = str(exc)
         finally:
             self._connected = False

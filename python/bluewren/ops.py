@@ -1,42 +1,62 @@
-"""Operators' data commands of the CLI: ``export``, ``erase``, ``users`` and ``groups``.
+"""Operators' data commands of the CLI: ``export``, ``import``, ``erase``, ``users`` and
+``groups``.
 
 They work on the store file of a data directory (``<data_dir>/bluewren.db``), which may
-belong to a running node (SQLite in WAL mode lets readers and one writer share it).
-``erase`` is best run on a stopped node: a running node keeps the memberships it has in
-memory until the conversation next changes.
+belong to a running node (SQLite in WAL mode lets readers and one writer share it, so
+nothing is corrupted). Reading is safe while the node runs, and so are ``users disable``
+and ``enable`` (the node reads the list every ``disabled_refresh_interval``). ``erase``,
+``import`` and the ``groups`` changes are for a stopped node: a running node keeps the
+memberships it has cached and the sequence numbers it has published in memory, and would
+not see them (an imported message past what it published would hold later deliveries
+of that conversation back until a restart).
 
 Exit statuses (also in ``bluewren <command> --help``): :data:`EXIT_OK`,
-:data:`EXIT_ERROR` (I/O, a missing store), :data:`EXIT_USAGE` (bad arguments or config),
-:data:`EXIT_NOT_FOUND` (no such user or conversation).
+:data:`EXIT_ERROR` (I/O, a missing store), :data:`EXIT_USAGE` (bad arguments, config or
+import file), :data:`EXIT_NOT_FOUND` (no such user or conversation),
+:data:`EXIT_CONFLICT` (an import that does not fit the store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import os
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
-from bluewren.errors import ConversationNotFoundError
+from bluewren.errors import BlueWrenError, ConversationNotFoundError
 from bluewren.store.sqlite import SQLiteStore
 
 __all__ = [
+    "EXIT_CONFLICT",
     "EXIT_ERROR",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_USAGE",
+    "ImportResult",
     "OpsError",
     "ProgressBar",
     "erase",
     "export",
+    "groups_add",
+    "groups_create",
     "groups_list",
+    "groups_remove",
+    "groups_rename",
     "groups_show",
+    "import_user",
+    "read_export",
     "users_list",
+    "users_set_disabled",
+    "users_show",
 ]
 
 EXIT_OK: Final = 0
@@ -185,17 +205,31 @@ def erase(database: Path, user: str) -> dict[str, int]:
     return _open_store(database, run)
 
 
-def users_list(database: Path) -> list[tuple[str, int, int]]:
-    """(user, conversations, messages sent) of every user the store knows, by name."""
+def users_list(database: Path) -> list[tuple[str, int, int, bool]]:
+    """(user, conversations, messages sent, disabled) of every user the store knows
+    (disabled ids included), by name."""
+    has_disabled = bool(
+        _query(
+            database,
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'disabled_users'",
+        )
+    )
+    disabled = (
+        "(SELECT COUNT(*) FROM disabled_users WHERE disabled_users.user = u.user)"
+        if has_disabled
+        else "0"
+    )
+    also = " UNION SELECT user FROM disabled_users" if has_disabled else ""
     return [
-        (str(u), int(c), int(m))
-        for u, c, m in _query(
+        (str(u), int(c), int(m), bool(d))
+        for u, c, m, d in _query(
             database,
             "SELECT u.user, "
             "(SELECT COUNT(*) FROM members WHERE members.user = u.user), "
-            "(SELECT COUNT(*) FROM messages WHERE messages.sender = u.user) "
+            "(SELECT COUNT(*) FROM messages WHERE messages.sender = u.user), "
+            f"{disabled} "
             "FROM (SELECT user FROM members UNION SELECT sender FROM messages "
-            "UNION SELECT user FROM cursors) AS u ORDER BY u.user",
+            f"UNION SELECT user FROM cursors{also}) AS u ORDER BY u.user",
         )
     ]
 
@@ -231,5 +265,553 @@ def groups_show(database: Path, conv: int) -> dict[str, Any]:
                 {"user": m.user, "role": m.role, "joined_seq": m.joined_seq} for m in members
             ],
         }
+
+    return _open_store(database, run)
+
+
+# -- import ------------------------------------------------------------------------------
+
+EXIT_CONFLICT: Final = 5
+"""``import``: the file does not fit the store (a conversation id of another kind)."""
+
+
+@dataclass
+class ImportResult:
+    """What ``import`` did, by kind of row."""
+
+    user: str
+    added: int = 0
+    present: int = 0
+    renumbered: int = 0
+    skipped: int = 0
+    conversations_created: int = 0
+    memberships_added: int = 0
+    cursors: int = 0
+    read_marks: int = 0
+    skipped_convs: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the operator."""
+        return (
+            f"imported {self.user}: messages {self.added} added, {self.present} already "
+            f"present, {self.renumbered} renumbered, {self.skipped} skipped; conversations "
+            f"{self.conversations_created} created; memberships {self.memberships_added} "
+            f"added; cursors {self.cursors}, read_marks {self.read_marks} set"
+        )
+
+
+def _bad(where: str, reason: str) -> OpsError:
+    return OpsError(f"{where}: {reason}", EXIT_USAGE)
+
+
+def _int_field(item: dict[str, Any], key: str, where: str, low: int, high: int) -> int:
+    if key not in item:
+        raise _bad(where, f"missing key {key!r}")
+    value = item[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _bad(where, f"{key} must be an integer in {low}..{high}, got {value!r:.60}")
+    return value
+
+
+def _str_field(item: dict[str, Any], key: str, where: str, *, empty: bool = True) -> str:
+    if key not in item:
+        raise _bad(where, f"missing key {key!r}")
+    value = item[key]
+    if not isinstance(value, str) or (not empty and not value):
+        what = "a string" if empty else "a non-empty string"
+        raise _bad(where, f"{key} must be {what}, got {value!r:.60}")
+    return value
+
+
+class _Located:
+    """Names an element of the export's lists with its line in the file, when the file
+    has the export's own layout (one message per line)."""
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.lines = text.splitlines()
+        self.first_message: int | None = None
+        for number, line in enumerate(self.lines):
+            if line.strip().startswith('"messages": ['):
+                self.first_message = number + 1  # index of messages[0]'s line
+                break
+
+    def __call__(self, key: str, index: int, item: object) -> str:
+        where = f"{self.name}: {key}[{index}]"
+        if key != "messages" or self.first_message is None:
+            return where
+        number = self.first_message + index
+        if number < len(self.lines):
+            try:
+                same = json.loads(self.lines[number].strip().rstrip(",")) == item
+            except ValueError:
+                same = False
+            if same:
+                return f"{where} (line {number + 1})"
+        return where
+
+
+_ID_MAX: Final = (1 << 63) - 1
+
+
+def read_export(path: Path) -> dict[str, Any]:
+    """The checked contents of an export file; OpsError naming what is wrong (the
+    format version, a missing key, the element and its line) with EXIT_USAGE, or
+    EXIT_ERROR when the file cannot be read."""
+    from bluewren.store.base import CMID_MAX, ROLES
+    from bluewren.store.sqlite import EXPORT_FORMAT
+
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OpsError(f"cannot read {name}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise _bad(name, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise OpsError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _bad(name, f"not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise _bad(name, f"not a BlueWren user export: a JSON {type(data).__name__}")
+    fmt = data.get("format")
+    family, _, version = EXPORT_FORMAT.partition("/")
+    if fmt is None:
+        raise _bad(name, f"missing key 'format' (expected {EXPORT_FORMAT!r})")
+    if not isinstance(fmt, str) or not fmt.startswith(family + "/"):
+        raise _bad(name, f"not a BlueWren user export (format {fmt!r:.60})")
+    if fmt != EXPORT_FORMAT:
+        raise _bad(
+            name,
+            f"format version {fmt.partition('/')[2]!r} is not supported (this bluewren "
+            f"reads {EXPORT_FORMAT!r}, version {version})",
+        )
+    _str_field(data, "user", name, empty=False)
+    for key in ("memberships", "messages", "cursors", "read_marks"):
+        if key not in data:
+            raise _bad(name, f"missing key {key!r}")
+        if not isinstance(data[key], list):
+            raise _bad(name, f"{key} must be a list, got {type(data[key]).__name__}")
+    at = _Located(name, text)
+    seen_convs: set[int] = set()
+    for i, m in enumerate(data["memberships"]):
+        where = at("memberships", i, m)
+        if not isinstance(m, dict):
+            raise _bad(where, "must be an object")
+        conv = _int_field(m, "conv", where, 1, _ID_MAX)
+        if conv in seen_convs:
+            raise _bad(where, f"conversation {conv} is listed twice")
+        seen_convs.add(conv)
+        kind = _str_field(m, "kind", where)
+        if kind not in ("direct", "group"):
+            raise _bad(where, f"kind must be 'direct' or 'group', got {kind!r:.60}")
+        _str_field(m, "title", where)
+        role = _str_field(m, "role", where)
+        if role not in ROLES:
+            raise _bad(where, f"role must be one of owner, admin, member, got {role!r:.60}")
+        _int_field(m, "joined_seq", where, 0, _ID_MAX)
+    seqs: set[tuple[int, int]] = set()
+    cmids: set[tuple[int, int]] = set()
+    for i, msg in enumerate(data["messages"]):
+        where = at("messages", i, msg)
+        if not isinstance(msg, dict):
+            raise _bad(where, "must be an object")
+        conv = _int_field(msg, "conv", where, 1, _ID_MAX)
+        seq = _int_field(msg, "seq", where, 1, _ID_MAX)
+        _str_field(msg, "device", where)
+        cmid = _int_field(msg, "cmid", where, 0, CMID_MAX)
+        _str_field(msg, "kind", where, empty=False)
+        created = msg.get("created_at")
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            raise _bad(
+                where,
+                "missing key 'created_at'"
+                if created is None
+                else f"created_at must be a number, got {created!r:.60}",
+            )
+        body = _str_field(msg, "body_base64", where)
+        try:
+            msg["body"] = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(where, "body_base64 is not valid base64") from None
+        if (conv, seq) in seqs:
+            raise _bad(where, f"a second message at conversation {conv}, seq {seq}")
+        seqs.add((conv, seq))
+        if cmid and (conv, cmid) in cmids:
+            raise _bad(where, f"a second message with cmid {cmid} in conversation {conv}")
+        cmids.add((conv, cmid))
+    for i, c in enumerate(data["cursors"]):
+        where = at("cursors", i, c)
+        if not isinstance(c, dict):
+            raise _bad(where, "must be an object")
+        _str_field(c, "device", where)
+        _int_field(c, "conv", where, 1, _ID_MAX)
+        _int_field(c, "seq", where, 0, _ID_MAX)
+    for i, r in enumerate(data["read_marks"]):
+        where = at("read_marks", i, r)
+        if not isinstance(r, dict):
+            raise _bad(where, "must be an object")
+        _int_field(r, "conv", where, 1, _ID_MAX)
+        _int_field(r, "seq", where, 0, _ID_MAX)
+    return data
+
+
+def import_user(database: Path, path: Path, stream: IO[str] | None = None) -> ImportResult:
+    """Restores the data of the export file ``path`` into the store ``database`` (created
+    if missing), in one transaction, idempotently; see docs/operations.md ("Import").
+
+    * A conversation the store lacks is created with the export's id, kind and title.
+      A conversation id the store holds with another kind is a conflict
+      (:data:`EXIT_CONFLICT`, nothing written).
+    * A message already stored (same conversation, sender and cmid; without a cmid, the
+      same created_at and body) is skipped. The others of a conversation are taken in
+      sequence order and keep their sequence numbers while those are free; from the
+      first whose number another message holds, they are appended after the
+      conversation's end (renumbered), in their order. So the exports of every member
+      of a conversation, imported one after the other into a new store, rebuild it
+      with its original numbers, and an import never reorders what it wrote.
+    * Messages of a conversation the user is no longer a member of, and that the store
+      does not have, are skipped (their kind is unknown): import a member's export first.
+    * Memberships are added when missing (an existing one is left as it is); cursors
+      and read marks only move forward, never past the conversation's last message.
+    """
+    data = read_export(path)
+    user: str = data["user"]
+    result = ImportResult(user)
+    messages: list[dict[str, Any]] = data["messages"]
+    bar = ProgressBar(f"import {user}", len(messages), stream)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    _open_store_creating(database)
+    try:
+        conn = sqlite3.connect(database, isolation_level=None, timeout=10)
+    except sqlite3.Error as exc:
+        raise OpsError(f"cannot open {database}: {exc}") from None
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _import(conn, data, result, bar)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise OpsError(f"cannot write {database}: {exc}") from None
+    finally:
+        conn.close()
+    bar.finish()
+    return result
+
+
+def _open_store_creating(database: Path) -> None:
+    """Creates (or migrates) the store file by opening it once with SQLiteStore."""
+
+    async def run() -> None:
+        store = SQLiteStore(database)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(run())
+    except (OSError, BlueWrenError) as exc:
+        raise OpsError(f"cannot open {database}: {exc}") from None
+
+
+def _import(
+    conn: sqlite3.Connection, data: dict[str, Any], result: ImportResult, bar: ProgressBar
+) -> None:
+    from bluewren.store.sqlite import _cmid_to_db
+
+    user: str = data["user"]
+    memberships = {m["conv"]: m for m in data["memberships"]}
+    by_conv: dict[int, list[dict[str, Any]]] = {}
+    for msg in data["messages"]:
+        by_conv.setdefault(msg["conv"], []).append(msg)
+    refs: dict[int, int] = {}  # per conversation: the highest seq the export mentions
+    for conv, m in memberships.items():
+        refs[conv] = max(refs.get(conv, 0), m["joined_seq"])
+    for conv, msgs in by_conv.items():
+        refs[conv] = max(refs.get(conv, 0), *(m["seq"] for m in msgs))
+    for item in (*data["cursors"], *data["read_marks"]):
+        refs[item["conv"]] = max(refs.get(item["conv"], 0), item["seq"])
+    last: dict[int, int] = {}  # conversations in the store, their last seq (once done)
+    created: set[int] = set()
+    for conv in sorted(refs):
+        row = conn.execute(
+            "SELECT kind, last_seq FROM conversations WHERE id = ?", (conv,)
+        ).fetchone()
+        m = memberships.get(conv)
+        if row is None:
+            if m is None:
+                result.skipped_convs.append(conv)
+                continue
+            first = min((msg["created_at"] for msg in by_conv.get(conv, ())), default=time.time())
+            conn.execute(
+                "INSERT INTO conversations (id, kind, title, created_at, last_seq) "
+                "VALUES (?, ?, ?, ?, 0)",
+                (conv, m["kind"], m["title"], first),
+            )
+            result.conversations_created += 1
+            created.add(conv)
+            row = (m["kind"], 0)
+        elif m is not None and row[0] != m["kind"]:
+            raise OpsError(
+                f"conversation {conv} is a {row[0]} conversation in the store but a "
+                f"{m['kind']} one in the export: this export belongs to another store "
+                "(nothing was imported)",
+                EXIT_CONFLICT,
+            )
+        last[conv] = int(row[1])
+    done = 0
+    for conv, msgs in sorted(by_conv.items()):
+        if conv not in last:
+            result.skipped += len(msgs)
+            done += len(msgs)
+            continue
+        end = last[conv]  # the highest seq in use
+        appending = False  # once a slot is taken, the rest go after the end, in order
+        for msg in sorted(msgs, key=lambda item: int(item["seq"])):
+            done += 1
+            if done % 256 == 0:
+                bar.update(done)
+            cmid = _cmid_to_db(msg["cmid"])
+            if cmid is not None:
+                present = conn.execute(
+                    "SELECT 1 FROM messages WHERE sender = ? AND conv = ? AND cmid = ?",
+                    (user, conv, cmid),
+                ).fetchone()
+            else:
+                present = conn.execute(
+                    "SELECT 1 FROM messages WHERE sender = ? AND conv = ? AND cmid IS NULL "
+                    "AND created_at = ? AND body = ?",
+                    (user, conv, msg["created_at"], msg["body"]),
+                ).fetchone()
+            if present is not None:
+                result.present += 1
+                continue
+            seq = msg["seq"]
+            if not appending:
+                taken = conn.execute(
+                    "SELECT 1 FROM messages WHERE conv = ? AND seq = ?", (conv, seq)
+                ).fetchone()
+                appending = taken is not None
+            if appending:
+                seq = end + 1
+                result.renumbered += 1
+            conn.execute(
+                "INSERT INTO messages (conv, seq, sender, device, cmid, body, kind, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (conv, seq, user, msg["device"], cmid, msg["body"], msg["kind"], msg["created_at"]),
+            )
+            result.added += 1
+            end = max(end, seq)
+        last[conv] = end
+    for conv, end in last.items():
+        if conv in created:
+            # A conversation the import created ends at the highest seq the export
+            # mentions, so that every cursor and read mark points inside it.
+            end = max(end, refs[conv])
+        conn.execute(
+            "UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?", (end, conv)
+        )
+        last[conv] = int(
+            conn.execute("SELECT last_seq FROM conversations WHERE id = ?", (conv,)).fetchone()[0]
+        )
+    for conv, m in memberships.items():
+        if conv not in last:
+            continue
+        added = conn.execute(
+            "INSERT INTO members (conv, user, role, joined_seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (conv, user) DO NOTHING",
+            (conv, user, m["role"], min(m["joined_seq"], last[conv])),
+        ).rowcount
+        result.memberships_added += added
+        if m["kind"] == "direct":
+            pair = [r[0] for r in conn.execute("SELECT user FROM members WHERE conv = ?", (conv,))]
+            if len(pair) == 2:
+                lo, hi = sorted(pair)
+                conn.execute(
+                    "INSERT INTO direct_pairs (user_lo, user_hi, conv) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (lo, hi, conv),
+                )
+    for c in data["cursors"]:
+        if c["conv"] in last:
+            result.cursors += conn.execute(
+                "INSERT INTO cursors (user, device, conv, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user, device, conv) DO UPDATE SET seq = excluded.seq "
+                "WHERE excluded.seq > cursors.seq",
+                (user, c["device"], c["conv"], min(c["seq"], last[c["conv"]])),
+            ).rowcount
+    for r in data["read_marks"]:
+        if r["conv"] in last:
+            result.read_marks += conn.execute(
+                "INSERT INTO read_marks (conv, user, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (conv, user) DO UPDATE SET seq = excluded.seq "
+                "WHERE excluded.seq > read_marks.seq",
+                (r["conv"], user, min(r["seq"], last[r["conv"]])),
+            ).rowcount
+    result.skipped_convs.sort()
+
+
+# -- users and groups: show and change ----------------------------------------------------
+
+
+def users_show(database: Path, user: str) -> dict[str, Any]:
+    """One user: disabled or not, conversations (with role), messages sent, devices."""
+
+    async def run(store: SQLiteStore) -> dict[str, Any]:
+        data = await store.export_user(user)
+        disabled = await store.disabled_users()
+        if not _has_data(data) and user not in disabled:
+            raise OpsError(f"no such user {user!r}: nothing stored about them", EXIT_NOT_FOUND)
+        return {
+            "user": user,
+            "disabled": user in disabled,
+            "disabled_reason": disabled.get(user),
+            "conversations": [
+                {k: m[k] for k in ("conv", "kind", "title", "role", "joined_seq")}
+                for m in data["memberships"]
+            ],
+            "messages_sent": len(data["messages"]),
+            "devices": sorted({c["device"] for c in data["cursors"]}),
+            "read_marks": len(data["read_marks"]),
+        }
+
+    return _open_store(database, run)
+
+
+def users_set_disabled(
+    database: Path, user: str, disabled: bool, reason: str = "", *, force: bool = False
+) -> bool:
+    """Disables or enables ``user`` in the store; True if that changed anything.
+
+    EXIT_NOT_FOUND for a user the store knows nothing about (unless ``force``, to
+    disable an id before its first connection)."""
+
+    async def run(store: SQLiteStore) -> bool:
+        known = await store.export_user(user)
+        listed = user in await store.disabled_users()
+        if not force and not listed and not _has_data(known):
+            hint = " (add --force to disable an id not seen yet)" if disabled else ""
+            raise OpsError(
+                f"no such user {user!r}: nothing stored about them{hint}", EXIT_NOT_FOUND
+            )
+        return await store.set_user_disabled(user, disabled, reason)
+
+    return _open_store(database, run)
+
+
+async def _group_or_fail(store: SQLiteStore, conv: int) -> Any:
+    try:
+        found = await store.conversation(conv)
+    except ConversationNotFoundError:
+        raise OpsError(f"no conversation {conv}", EXIT_NOT_FOUND) from None
+    if found.kind != "group":
+        raise OpsError(
+            f"conversation {conv} is a {found.kind} conversation, not a group", EXIT_USAGE
+        )
+    return found
+
+
+def _check_size(count: int, max_members: int) -> None:
+    if count > max_members:
+        raise OpsError(
+            f"the group would have {count} members, more than max_group_members "
+            f"({max_members}): raise it in the configuration or add fewer",
+            EXIT_USAGE,
+        )
+
+
+def groups_create(
+    database: Path, title: str, owner: str, members: list[str], max_members: int
+) -> dict[str, Any]:
+    """Creates a group (``owner`` as owner, ``members`` as members); its description."""
+    if not owner:
+        raise OpsError("--owner must name a user", EXIT_USAGE)
+    everyone = list(dict.fromkeys([owner, *members]))
+    if any(not user for user in everyone):
+        raise OpsError("a member's user id is empty", EXIT_USAGE)
+    _check_size(len(everyone), max_members)
+
+    async def run(store: SQLiteStore) -> dict[str, Any]:
+        group = await store.create_group(owner, title, everyone[1:])
+        return _group_description(group, await store.members(group.id), 0)
+
+    return _open_store(database, run)
+
+
+def _group_description(group: Any, members: list[Any], last_seq: int) -> dict[str, Any]:
+    return {
+        "conv": group.id,
+        "kind": group.kind,
+        "title": group.title,
+        "created_at": group.created_at,
+        "last_seq": last_seq,
+        "members": [{"user": m.user, "role": m.role, "joined_seq": m.joined_seq} for m in members],
+    }
+
+
+def groups_add(
+    database: Path, conv: int, users: list[str], role: str, max_members: int
+) -> tuple[list[str], list[str]]:
+    """Adds ``users`` to group ``conv`` with ``role``; (added, already members)."""
+    if any(not user for user in users):
+        raise OpsError("a user id is empty", EXIT_USAGE)
+
+    async def run(store: SQLiteStore) -> tuple[list[str], list[str]]:
+        await _group_or_fail(store, conv)
+        current = {m.user for m in await store.members(conv)}
+        wanted = list(dict.fromkeys(users))
+        new = [u for u in wanted if u not in current]
+        _check_size(len(current) + len(new), max_members)
+        added = await store.add_members(conv, new, role)  # type: ignore[arg-type]
+        return [m.user for m in added], [u for u in wanted if u in current]
+
+    return _open_store(database, run)
+
+
+def groups_remove(database: Path, conv: int, users: list[str]) -> list[str]:
+    """Removes ``users`` from group ``conv`` (all or none); the users removed.
+
+    EXIT_NOT_FOUND naming a user who is not a member; EXIT_USAGE if the group would be
+    left without an owner."""
+
+    async def run(store: SQLiteStore) -> list[str]:
+        await _group_or_fail(store, conv)
+        members = {m.user: m for m in await store.members(conv)}
+        wanted = list(dict.fromkeys(users))
+        missing = [u for u in wanted if u not in members]
+        if missing:
+            raise OpsError(
+                f"not members of conversation {conv}: {', '.join(map(repr, missing))} "
+                "(nothing was removed)",
+                EXIT_NOT_FOUND,
+            )
+        owners = {u for u, m in members.items() if m.role == "owner"}
+        left = {u for u in members if u not in wanted}
+        if owners and left and not owners - set(wanted):
+            raise OpsError(
+                f"removing {', '.join(map(repr, sorted(owners)))} would leave conversation "
+                f"{conv} without an owner: make another member owner first (nothing was "
+                "removed)",
+                EXIT_USAGE,
+            )
+        for user in wanted:
+            await store.remove_member(conv, user)
+        return wanted
+
+    return _open_store(database, run)
+
+
+def groups_rename(database: Path, conv: int, title: str) -> str:
+    """Renames group ``conv``; returns the old title."""
+
+    async def run(store: SQLiteStore) -> str:
+        found = await _group_or_fail(store, conv)
+        await store.rename(conv, title)
+        return str(found.title)
 
     return _open_store(database, run)

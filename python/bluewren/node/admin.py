@@ -19,6 +19,10 @@ Endpoints:
 - ``POST /admin/system-message`` with ``{"conv": int, "body": str}``: stores the text in
   the conversation as sent by :data:`SYSTEM_SENDER` (device ``admin``) and delivers it to
   the members online, like any message; answers ``{"conv", "seq", "sender"}``.
+- ``POST /admin/users/{user}/disable`` (optional body ``{"reason": str}``) and
+  ``POST /admin/users/{user}/enable``: a disabled user's tokens are refused at HELLO
+  (ERROR ``AUTH_FAILED``, close 4001) and their open connections are closed with 4001
+  at once; answers ``{"user", "disabled", "changed", "closed"}`` (``bluewren.node.users``).
 - ``POST /admin/drain``: stops accepting connections, closes every connection with 1001
   ("node draining: reconnect to another node") and turns ``/readyz`` to 503 for good.
 """
@@ -32,8 +36,10 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
 
 from bluewren.errors import BlueWrenError
+from bluewren.node.commands import CloseCode
 
 if TYPE_CHECKING:
     from bluewren.node.server import Node
@@ -48,8 +54,8 @@ __all__ = [
     "handle_admin",
 ]
 
-KICK_CLOSE_CODE: Final = 4003
-"""WebSocket close code of a connection an operator kicked (do not reconnect blindly)."""
+KICK_CLOSE_CODE: Final = CloseCode.KICKED
+"""WebSocket close code of a connection an operator kicked (4003, do not reconnect blindly)."""
 KICK_REASON: Final = "closed by an operator"
 DRAIN_CLOSE_CODE: Final = 1001
 """RFC 6455 "going away": the node drains; reconnect (to another node) and SYNC."""
@@ -166,6 +172,28 @@ async def _system_message(node: Node, body: bytes) -> AdminResponse:
     return _json(200, {"conv": conv, "seq": message.seq, "sender": SYSTEM_SENDER})
 
 
+async def _set_disabled(node: Node, user: str, disabled: bool, body: bytes) -> AdminResponse:
+    reason = ""
+    if disabled and body.strip():
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return _error(400, "bad_request", 'the body must be JSON: {"reason": "..."}')
+        if not isinstance(obj, dict) or not isinstance(obj.get("reason", ""), str):
+            return _error(400, "bad_request", 'the body must be {"reason": "text"}')
+        reason = obj.get("reason", "")
+    if not user:
+        return _error(400, "bad_request", "name the user: /admin/users/{user}/disable")
+    try:
+        changed, closed = await node.disabled.set(user, disabled, reason)
+    except NotImplementedError as exc:
+        return _error(409, "conflict", str(exc))
+    except BlueWrenError as exc:
+        return _error(409, "conflict", f"{type(exc).__name__}: {exc}")
+    log.warning("user %s by an operator", "disabled" if disabled else "enabled")
+    return _json(200, {"user": user, "disabled": disabled, "changed": changed, "closed": closed})
+
+
 async def handle_admin(
     node: Node, method: str, path: str, headers: dict[str, str], body: bytes
 ) -> AdminResponse:
@@ -181,7 +209,7 @@ async def handle_admin(
             return _error(405, "method_not_allowed", "GET /admin/connections")
         return _json(200, {"connections": connections(node), "at": time.time()})
     if method != "POST":
-        if parts in (["drain"], ["system-message"]) or parts[:1] == ["connections"]:
+        if parts in (["drain"], ["system-message"]) or parts[:1] in (["connections"], ["users"]):
             return _error(405, "method_not_allowed", f"POST {path}")
         return _error(404, "not_found", f"no admin endpoint {path}")
     if len(parts) == 3 and parts[0] == "connections" and parts[2] == "kick":
@@ -194,7 +222,9 @@ async def handle_admin(
             return _error(404, "not_found", f"no open connection {conn_id}")
         session.shut(KICK_CLOSE_CODE, KICK_REASON)
         log.warning("connection kicked by an operator", extra={"conn_id": conn_id})
-        return _json(200, {"kicked": conn_id, "code": KICK_CLOSE_CODE})
+        return _json(200, {"kicked": conn_id, "code": int(KICK_CLOSE_CODE)})
+    if len(parts) == 3 and parts[0] == "users" and parts[2] in ("disable", "enable"):
+        return await _set_disabled(node, unquote(parts[1]), parts[2] == "disable", body)
     if parts == ["system-message"]:
         return await _system_message(node, body)
     if parts == ["drain"]:

@@ -152,6 +152,9 @@ class CloseCode(IntEnum):
     """The token was refused, or it expired during the connection: reconnect with a new one."""
     HELLO_TIMEOUT = 4002
     """No HELLO arrived within the node's ``hello_timeout``."""
+    KICKED = 4003
+    """An operator closed the connection (admin API kick): do not reconnect blindly; the
+    reason is "closed by an operator"."""
     SLOW_CONSUMER = 4008
     """The client read too slowly and its outbox filled up: reconnect and SYNC."""
     TRY_AGAIN_LATER = 1013

@@ -21,6 +21,7 @@ from bluewren.errors import BlueWrenError
 
 __all__ = [
     "DEFAULT_PORT",
+    "MIN_OPEN_FILES",
     "SECRET_ENV",
     "SECRET_FILE",
     "NodeConfig",
@@ -33,6 +34,9 @@ SECRET_ENV: Final = "BLUEWREN_TOKEN_SECRET"
 
 DEFAULT_PORT: Final = 8470
 """The port a node listens on unless told otherwise."""
+
+MIN_OPEN_FILES: Final = 64
+"""The smallest ``max_open_files`` accepted (the store, listeners and logs need some)."""
 
 SECRET_FILE: Final = "token_secret"
 """File in the data directory holding the generated token secret."""
@@ -91,6 +95,7 @@ class NodeConfig:
     outbox_high_water: int = 1024 * 1024
     outbox_max_bytes: int = 8 * 1024 * 1024
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    store_wal_checkpoint_pages: int = 1000
     shutdown_timeout: float = 10.0
     tcp_port: int | None = None
     send_rate: float = 50.0
@@ -127,6 +132,18 @@ class NodeConfig:
     """Bearer token of the admin API on metrics_port (admin.py); None: the API is off."""
     log_level: str = "INFO"
     """Level of the bluewren loggers: DEBUG, INFO, WARNING, ERROR (reloaded on SIGHUP)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) file. With tls_key the node serves wss:// and https:// on
+    metrics_port (the raw TCP listener stays plain); None (both unset): no TLS."""
+    tls_key: Path | None = None
+    """PEM private key file of tls_cert, unencrypted (set both or neither)."""
+    disabled_refresh_interval: float = 5.0
+    """Seconds between two readings of the disabled users by a running node. A user
+    disabled with ``bluewren users disable`` is refused, and their connections closed
+    with 4001, within this time."""
+    max_open_files: int | None = None
+    """Soft open-file limit (RLIMIT_NOFILE) set at start, at most the hard limit; None:
+    raise the soft limit to the hard limit."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -223,6 +240,29 @@ class NodeConfig:
             )
         self._check_limits()
         _check_resilience(self)
+        self._check_files()
+
+    def _check_files(self) -> None:
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value:
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise NodeConfigError(name, f"must be a file path (or unset), got {value!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            )
+            raise NodeConfigError(
+                given, f"TLS needs both tls_cert and tls_key: {missing} is not set"
+            )
+        if self.max_open_files is not None and (
+            not _is_int(self.max_open_files) or self.max_open_files < MIN_OPEN_FILES
+        ):
+            raise NodeConfigError(
+                "max_open_files",
+                f"must be unset or an integer >= {MIN_OPEN_FILES}, got {self.max_open_files!r}",
+            )
 
     def _check_limits(self) -> None:
         for name in ("send_rate", "overload_retry_after"):
@@ -243,6 +283,7 @@ class NodeConfig:
             "max_history_page",
             "max_presence_query",
             "receipts_max_members",
+            "store_wal_checkpoint_pages",
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -258,13 +299,24 @@ class NodeConfig:
         return self.max_message_bytes + 64 * 1024
 
     @property
+    def tls(self) -> bool:
+        """True when the node serves TLS (tls_cert and tls_key are set)."""
+        return self.tls_cert is not None
+
+    @property
     def database_path(self) -> Path:
         """The SQLite file in the data directory."""
         return self.data_dir / "bluewren.db"
 
 
 def _check_resilience(c: NodeConfig) -> None:
-    for name in ("shed_loop_lag", "load_check_interval", "connect_rate", "login_rate"):
+    for name in (
+        "shed_loop_lag",
+        "load_check_interval",
+        "connect_rate",
+        "login_rate",
+        "disabled_refresh_interval",
+    ):
         value = getattr(c, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1e6:
             raise NodeConfigError(name, f"must be a number in (0, 1000000], got {value!r}")

@@ -40,20 +40,33 @@ from bluewren.node.config import NodeConfig, NodeConfigError
 from bluewren.node.server import Node
 
 __all__ = [
+    "EXIT_CONFIG",
     "EXIT_FORCED",
     "EXIT_PORT_IN_USE",
     "EXIT_STARTUP",
+    "FD_HEADROOM",
+    "FdLimit",
     "StartupError",
+    "check_tls",
     "config_overrides",
+    "raise_fd_limit",
     "serve",
 ]
 
 EXIT_STARTUP: Final = 1
 """Exit status when the node could not start (unwritable data directory, bad store)."""
+EXIT_CONFIG: Final = 2
+"""Exit status when a configured file or limit is unusable at start (TLS files,
+``max_open_files`` above the hard limit); the same status as an invalid configuration."""
 EXIT_PORT_IN_USE: Final = 3
 """Exit status when a port to listen on is taken."""
 EXIT_FORCED: Final = 130
 """Exit status when a second signal cut the graceful stop short."""
+FD_HEADROOM: Final = 256
+"""File descriptors counted besides one per connection (store, listeners, logs, the
+metrics endpoint) when checking ``max_connections`` against the open-file limit."""
+NO_HARD_LIMIT_CAP: Final = 1 << 20
+"""The soft open-file limit aimed at when the hard limit is unlimited (Linux nr_open)."""
 
 
 class StartupError(BlueWrenError):
@@ -99,8 +112,82 @@ def check_data_dir(config: NodeConfig) -> None:
         raise StartupError(f"data directory {path} is not writable")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FdLimit:
+    """What :func:`raise_fd_limit` did: the limits now, and the lines to report
+    (``notes``: what changed; ``warnings``: what the operator should fix)."""
+
+    soft: int
+    hard: int
+    notes: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def raise_fd_limit(config: NodeConfig) -> FdLimit:
+    """Sets the soft RLIMIT_NOFILE to ``config.max_open_files``, or to the hard limit when
+    that is None, and checks that ``max_connections`` plus :data:`FD_HEADROOM` fits.
+    StartupError (:data:`EXIT_CONFIG`) if ``max_open_files`` is above the hard limit.
+    :func:`serve` prints the result on stderr once the node listens (a start that fails
+    stays one line)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = hard == resource.RLIM_INFINITY
+    if config.max_open_files is not None:
+        target = config.max_open_files
+        if not unlimited and target > hard:
+            raise StartupError(
+                f"max_open_files {target} is above the hard open-file limit {hard}: raise "
+                "the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower max_open_files",
+                EXIT_CONFIG,
+            )
+    else:
+        target = NO_HARD_LIMIT_CAP if unlimited else hard
+        target = max(target, soft) if soft != resource.RLIM_INFINITY else soft
+    shown_hard = "unlimited" if unlimited else str(hard)
+    notes: list[str] = []
+    warnings: list[str] = []
+    if target == soft:
+        notes.append(f"bluewren: open-file limit {soft} (hard {shown_hard})")
+    else:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            warnings.append(
+                f"bluewren: warning: cannot set the open-file limit to {target} "
+                f"(soft {soft}, hard {shown_hard}): {exc}"
+            )
+        else:
+            notes.append(
+                f"bluewren: open-file limit set from {soft} to {target} (hard {shown_hard})"
+            )
+            soft = target
+    needed = config.max_connections + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        warnings.append(
+            f"bluewren: warning: max_connections {config.max_connections} + {FD_HEADROOM} "
+            f"other files needs {needed} open files but the limit is {soft}: connections "
+            f"past about {max(0, soft - FD_HEADROOM)} will fail (too many open files); "
+            "raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower max_connections"
+        )
+    return FdLimit(soft, hard, tuple(notes), tuple(warnings))
+
+
+def check_tls(config: NodeConfig) -> None:
+    """Loads the TLS files once before anything starts (StartupError, EXIT_CONFIG)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return
+    from bluewren.node.tls import TlsError, server_context
+
+    try:
+        server_context(config.tls_cert, config.tls_key)
+    except TlsError as exc:
+        raise StartupError(str(exc), EXIT_CONFIG) from None
+
+
 async def start_node(config: NodeConfig) -> Node:
     """A started node; StartupError with a one-line reason if it cannot start."""
+    check_tls(config)
     check_data_dir(config)
     node = Node(config)
     try:
@@ -147,6 +234,8 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
     try:
+        check_tls(config)  # a configuration error first, before anything is touched
+        fd_limit = raise_fd_limit(config)
         node = await start_node(config)
     except StartupError as exc:
         print(f"bluewren: {exc}", file=sys.stderr, flush=True)
@@ -159,6 +248,8 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
+        for line in (*fd_limit.notes, *fd_limit.warnings):
+            print(line, file=sys.stderr, flush=True)
         print(f"bluewren node listening on {node.url}", flush=True)
         if config.tcp_port is not None:
             print(f"bluewren node listening on tcp://{config.host}:{node.tcp_port}", flush=True)

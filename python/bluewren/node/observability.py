@@ -28,6 +28,8 @@ from bluewren.node.dashboard import DASHBOARD_HTML
 from bluewren.node.metrics import CONTENT_TYPE, render
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from bluewren.node.server import Node
 
 __all__ = ["ObservabilityServer", "readiness"]
@@ -87,9 +89,11 @@ class ObservabilityServer:
             raise RuntimeError("the metrics endpoint is not listening")
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str, port: int) -> None:
-        """Listens on ``host:port``."""
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
+        """Listens on ``host:port`` (HTTPS with ``ssl``)."""
+        self._server = await asyncio.start_server(
+            self._serve, host, port, reuse_address=True, ssl=ssl
+        )
 
     async def close(self) -> None:
         """Stops listening."""

@@ -67,6 +67,7 @@ from bluewren.node.presence import Presence, presence_query, typing
 from bluewren.node.receipts import Receipts, read_receipt
 from bluewren.node.resilience import STORE_READ, STORE_WRITE, GuardedHooks, breaker_registry
 from bluewren.node.session import Session
+from bluewren.node.users import DISABLED_REASON, DisabledUsers
 from bluewren.node.wire import OP_BINARY, OP_TEXT, Command, CommandError, JsonCodec
 from bluewren.store import AppendResult, Conversation, Member, SQLiteStore, Store, StoredMessage
 from bluewren.store.guarded import GuardedStore
@@ -142,6 +143,8 @@ class Node:
         self._sends_drained: asyncio.Future[None] | None = None
         self.metrics: Final = NodeMetrics()
         self._http: ObservabilityServer | None = None
+        self.disabled: Final = DisabledUsers(self)
+        """The disabled users, refused at HELLO (bluewren.node.users)."""
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -182,8 +185,9 @@ class Node:
 
     @property
     def url(self) -> str:
-        """``ws://host:port/`` of the node."""
-        return f"ws://{self.config.host}:{self.port}/"
+        """``ws://host:port/`` of the node (``wss://`` with TLS)."""
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{self.config.host}:{self.port}/"
 
     async def start(self) -> None:
         """Opens the store and starts listening."""
@@ -194,7 +198,9 @@ class Node:
         if self._store is None:
             self.config.data_dir.mkdir(parents=True, exist_ok=True)
             self._store = SQLiteStore(
-                self.config.database_path, synchronous=self.config.sqlite_synchronous
+                self.config.database_path,
+                synchronous=self.config.sqlite_synchronous,
+                wal_checkpoint_pages=self.config.store_wal_checkpoint_pages,
             )
             await self._store.open()
         if not isinstance(self._store, GuardedStore):
@@ -204,8 +210,20 @@ class Node:
                 write=self.breakers[STORE_WRITE],
                 on_late_append=self._late_append,
             )
+        await self.disabled.start()
+        tls = None
+        if self.config.tls_cert is not None and self.config.tls_key is not None:
+            from bluewren.node.tls import server_context
+
+            tls = server_context(self.config.tls_cert, self.config.tls_key)
         self._server = await self._loop.create_server(
-            self._new_session, self.config.host, self.config.port, reuse_address=True
+            self._new_session,
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            ssl=tls,
+            # A TLS handshake gets the time a HELLO gets (the HELLO clock starts after it).
+            ssl_handshake_timeout=self.config.hello_timeout if tls is not None else None,
         )
         if self.config.tcp_port is not None:
             from bluewren.node.tcp import TcpSession
@@ -220,7 +238,7 @@ class Node:
         self.admission.start()
         if self.config.metrics_port is not None:
             self._http = ObservabilityServer(self)
-            await self._http.start(self.config.host, self.config.metrics_port)
+            await self._http.start(self.config.host, self.config.metrics_port, ssl=tls)
 
     async def stop(self) -> None:
         """Stops gracefully within ``config.shutdown_timeout``: stops accepting and
@@ -232,6 +250,7 @@ class Node:
         for server in servers:
             server.close()
         await self.admission.stop()
+        await self.disabled.stop()
         sessions = list(self._sessions.values())
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
         for session in sessions:
@@ -477,6 +496,8 @@ class Node:
             session.emit_error(cmd, CommandError(ErrorCode.AUTH_FAILED, str(exc)))
             session.shut(CloseCode.UNAUTHORIZED, "token refused")
             return
+        if self._refuse_disabled(session, cmd, identity):
+            return
         if self.hooks.on_connect is None:
             self._welcome(session, cmd, identity)
             return
@@ -503,11 +524,23 @@ class Node:
             session.emit_error(cmd, refused)
             session.shut(CloseCode.UNAUTHORIZED, "connection refused")
             return
+        if self._refuse_disabled(session, cmd, identity):  # disabled while the hook ran
+            return
         if self._welcome(session, cmd, identity):
             for queued_cmd in queued:
                 if session.is_closed:
                     break
                 self.handle(session, queued_cmd)
+
+    def _refuse_disabled(self, session: Session, cmd: Command, identity: Identity) -> bool:
+        """Refuses a disabled user's HELLO (AUTH_FAILED, close 4001); True if it did."""
+        if identity.user not in self.disabled:
+            return False
+        log.info("disabled user refused", extra={"conn_id": session.conn_id})
+        refused = CommandError(ErrorCode.AUTH_FAILED, f"user {identity.user!r} is disabled")
+        session.emit_error(cmd, refused)
+        session.shut(CloseCode.UNAUTHORIZED, DISABLED_REASON)
+        return True
 
     def _welcome(self, session: Session, cmd: Command, identity: Identity) -> bool:
         """Admits an authenticated connection, or refuses it past max_devices_per_user."""

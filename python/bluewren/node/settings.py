@@ -64,6 +64,8 @@ FIELD_HELP: Final[Mapping[str, str]] = {
     "outbox_high_water": "Outbox bytes above which writes to a connection pause.",
     "outbox_max_bytes": "Outbox bytes past which a slow consumer is closed with 4008.",
     "sqlite_synchronous": "SQLite synchronous mode: NORMAL (WAL, fast) or FULL.",
+    "store_wal_checkpoint_pages": "Write-ahead log pages at which the store checkpoints "
+    "(between commits, off the commit path).",
     "shutdown_timeout": "Seconds a graceful stop may take before connections are cut.",
     "tcp_port": "Raw TCP listener port; unset: off, 0 picks a free one.",
     "send_rate": "SEND messages per second per connection (token bucket rate).",

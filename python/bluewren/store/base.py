@@ -181,6 +181,7 @@ class StoreStats:
     ``commits`` counts committed write transactions; with group commit it grows far
     slower than ``appended``. ``last_batch_started`` / ``last_batch_finished`` are
     ``time.monotonic()`` readings around the last write transaction (0.0 before any).
+    ``checkpoints`` counts write-ahead log checkpoints the store ran itself.
     """
 
     commits: int = 0
@@ -190,6 +191,7 @@ class StoreStats:
     largest_batch: int = 0
     last_batch_started: float = 0.0
     last_batch_finished: float = 0.0
+    checkpoints: int = 0
 
 
 def check_id(field: str, value: int) -> int:
@@ -383,6 +385,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def export_user(self, user: str) -> dict[str, Any]:
         """Everything stored about ``user``, as JSON-ready values (bodies in base64)."""
+
+    async def disabled_users(self) -> dict[str, str]:
+        """The disabled users (their tokens are refused at HELLO), each with the reason
+        given. A store without the notion has none: this default returns ``{}``."""
+        return {}
+
+    async def set_user_disabled(self, user: str, disabled: bool, reason: str = "") -> bool:
+        """Disables ``user`` (with ``reason``) or enables them again; True when that
+        changed anything. The default raises NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} cannot disable users")
 
     @abc.abstractmethod
     async def erase_user(self, user: str) -> ErasureResult:

@@ -412,3 +412,9 @@ class GuardedStore(Store):
 
     async def erase_user(self, user: str) -> ErasureResult:
         return await self._write(self.inner.erase_user(user))
+
+    async def disabled_users(self) -> dict[str, str]:
+        return await self._read(self.inner.disabled_users())
+
+    async def set_user_disabled(self, user: str, disabled: bool, reason: str = "") -> bool:
+        return await self._write(self.inner.set_user_disabled(user, disabled, reason))

@@ -109,6 +109,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX read_marks_by_user ON read_marks (user)",
         ),
     ),
+    Migration(
+        2,
+        "disabled users",
+        (
+            """
+            CREATE TABLE disabled_users (
+                user    TEXT    PRIMARY KEY,
+                since   REAL    NOT NULL,
+                reason  TEXT    NOT NULL DEFAULT ''
+            ) WITHOUT ROWID
+            """,
+        ),
+    ),
 )
 """Every migration, in order; ``MIGRATIONS[i].version == i + 1``."""
 

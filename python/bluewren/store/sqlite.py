@@ -36,6 +36,27 @@ either way. ``synchronous="FULL"`` syncs the WAL on every commit, so a committed
 transaction also survives power loss, at the price of one ``fsync`` per commit. Group
 commit is what makes FULL affordable: one sync covers every message of the batch.
 
+Checkpoints: ``wal_checkpoint_pages``
+-------------------------------------
+SQLite's automatic checkpoint would run inside the ``COMMIT`` that crosses its threshold,
+so every caller of that batch, and every write queued behind it, would wait for it (most
+of a checkpoint is waiting for its two syncs). The store turns it off on the writer
+connection and checkpoints itself, in two steps, once a commit leaves the write-ahead log
+holding at least ``wal_checkpoint_pages`` frames:
+
+1. a ``PASSIVE`` checkpoint on a thread and connection of its own copies the log back into
+   the database file while batches keep committing;
+2. when it is done, the writer thread runs a second ``PASSIVE`` checkpoint *between* two
+   batches (their callers are answered first). It only copies what was committed during
+   step 1, and once the whole log is copied, the next commit writes the log from its
+   start again.
+
+So the log usually stays within ``wal_checkpoint_pages`` frames plus what commits
+during one checkpoint. It never grows much past 8 times the limit
+(``_WAL_RESTART_FACTOR``): there, no batch commits until step 1 has finished, and step 2
+is a ``RESTART`` checkpoint, which also waits (up to ``busy_timeout_ms``) for readers that
+keep checkpoints from finishing.
+
 Schema versions are managed by :mod:`bluewren.store.migrations`. The store belongs to the
 event loop it was opened on.
 """
@@ -44,10 +65,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -126,8 +149,11 @@ _NEXT_SEQ: Final = (
     "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"
 )
 _ADD_SEQS: Final = (
-    "UPDATE conversations SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq"
+    "UPDATE conversations SET last_seq = last_seq + j.value FROM json_each(?) AS j "
+    "WHERE conversations.id = CAST(j.key AS INTEGER) RETURNING id, last_seq"
 )
+"""Reserves seqs for many conversations in one statement: the parameter is a JSON object
+``{"conv": count, ...}``; returns each conversation's new ``last_seq``."""
 _GIVE_BACK_SEQ: Final = "UPDATE conversations SET last_seq = last_seq - 1 WHERE id = ?"
 _INSERT_MESSAGE: Final = (
     f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -136,6 +162,11 @@ _INSERT_MESSAGE: Final = (
 _ORIGINAL_MESSAGE: Final = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender = ? AND conv = ? AND cmid = ?"
 )
+_WAL_RESTART_FACTOR: Final = 8
+"""A log this many times ``wal_checkpoint_pages`` long gets a RESTART checkpoint."""
+_WAL_MX_FRAME: Final = struct.Struct("=I")
+"""``mxFrame``, the number of valid frames in the log: a native-order u32 at offset 16
+of the wal-index header, at the start of the ``-shm`` file (SQLite's file format)."""
 _U64: Final = 1 << 64
 _I64_MAX: Final = (1 << 63) - 1
 
@@ -207,6 +238,8 @@ class SQLiteStore(Store):
     before the call fails with StoreUnavailableError. ``batch_max`` caps the messages
     committed in one transaction (1 disables group commit). ``read_threads`` is the
     number of threads (each with its own connection) serving reads.
+    ``wal_checkpoint_pages`` is the write-ahead log length (in pages) at which the writer
+    checkpoints between two batches (see the module documentation).
     """
 
     def __init__(
@@ -217,6 +250,7 @@ class SQLiteStore(Store):
         busy_timeout_ms: int = 5000,
         batch_max: int = 1024,
         read_threads: int = 2,
+        wal_checkpoint_pages: int = 1000,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
@@ -234,6 +268,7 @@ class SQLiteStore(Store):
             ("busy_timeout_ms", busy_timeout_ms, 0),
             ("batch_max", batch_max, 1),
             ("read_threads", read_threads, 1),
+            ("wal_checkpoint_pages", wal_checkpoint_pages, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise StoreArgumentError(name, f"{name} must be an integer >= {low}, got {value!r}")
@@ -242,6 +277,13 @@ class SQLiteStore(Store):
         self.busy_timeout_ms: Final = busy_timeout_ms
         self.batch_max: Final = batch_max
         self.read_threads: Final = read_threads
+        self.wal_checkpoint_pages: Final = wal_checkpoint_pages
+        self._shm: int | None = None
+        """The writer's descriptor of the ``-shm`` file, to read the log's length."""
+        self._checkpoint_due = False
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpointing: concurrent.futures.Future[None] | None = None
+        self._ckconn: sqlite3.Connection | None = None
         self.stats = StoreStats()
         self._state: Literal["new", "opening", "open", "closing", "closed"] = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -286,6 +328,8 @@ class SQLiteStore(Store):
         self._reader_pool = ThreadPoolExecutor(
             self.read_threads, thread_name_prefix="bluewren-store-reader"
         )
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="bluewren-store-checkpoint")
+        self._checkpointing = None
         self._readers = _Readers()
         self._loop = loop
         self._pending = []
@@ -346,7 +390,13 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Checkpoints run between batches (see _checkpoint), never inside a COMMIT.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             apply_migrations(conn, MIGRATIONS, path=self.path)
+            try:
+                self._shm = os.open(self.path + "-shm", os.O_RDONLY)
+            except OSError:
+                self._shm = None  # then the log length is read by a checkpoint itself
         except sqlite3.Error as exc:
             conn.close()
             raise self._translate(exc) from exc
@@ -360,10 +410,19 @@ class SQLiteStore(Store):
         pool = self._reader_pool
         if pool is not None:
             pool.shutdown(wait=True)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.shutdown(wait=True)
+        if self._ckconn is not None:
+            self._ckconn.close()
+            self._ckconn = None
         with self._readers.lock:
             readers, self._readers.connections = self._readers.connections, []
         for conn in readers:
             conn.close()
+        if self._shm is not None:
+            os.close(self._shm)
+            self._shm = None
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
@@ -476,9 +535,24 @@ class SQLiteStore(Store):
             except Exception as exc:
                 for op in batch:
                     op.error = self._translate(exc)
-            # Resolved in the loop's next pass: the next batch goes to the writer first,
-            # so it commits while the loop answers this one.
+            # Resolved in the loop's next pass: the next batch (or a due checkpoint) goes
+            # to the writer first, so it runs while the loop answers this one.
             loop.call_soon(self._resolve, batch)
+            if self._checkpoint_due:
+                self._checkpoint_due = False
+                checkpointing = self._checkpointing
+                if checkpointing is None:  # step 1 (module documentation)
+                    checkpointer = self._checkpointer
+                    assert checkpointer is not None
+                    self._checkpointing = checkpointer.submit(self._checkpoint_aside)
+                elif (
+                    checkpointing.done()
+                    or self._wal_frames() >= _WAL_RESTART_FACTOR * self.wal_checkpoint_pages
+                ):  # step 2; at the bound, no commit before step 1 has finished too
+                    self._checkpointing = None
+                    with contextlib.suppress(Exception):  # best effort; logged there
+                        await asyncio.wrap_future(checkpointing)
+                        await loop.run_in_executor(writer, self._checkpoint)
 
     @staticmethod
     def _resolve(batch: list[_WriteOp]) -> None:
@@ -547,6 +621,8 @@ class SQLiteStore(Store):
         stats.last_batch_started = started
         stats.last_batch_finished = time.monotonic()
         stats.commits += 1
+        if self._wal_frames() >= self.wal_checkpoint_pages:
+            self._checkpoint_due = True
         size = 0
         for op in batch:
             size += op.size
@@ -586,36 +662,36 @@ class SQLiteStore(Store):
         conn.execute("RELEASE op")
 
     def _append_run(self, conn: sqlite3.Connection, ops: list[_WriteOp]) -> None:
-        """Writes consecutive single appends with one seq update per conversation and one
-        ``executemany``; falls back to one append at a time (same outcomes, in the same
+        """Writes consecutive single appends with one seq update for all their conversations
+        and one ``executemany``; falls back to one append at a time (same outcomes, in the same
         order) if any of them is a retry, names an unknown conversation or hits a taken
         seq."""
         if len(ops) == 1:
             self._run_op(conn, ops[0])
             return
-        messages: list[NewMessage] = []
+        messages = [cast(NewMessage, op.message) for op in ops]
         counts: dict[int, int] = {}
-        for op in ops:
-            m = op.message
-            assert m is not None
-            messages.append(m)
-            counts[m.conv] = counts.get(m.conv, 0) + 1
+        get = counts.get
+        for m in messages:
+            counts[m.conv] = get(m.conv, 0) + 1
         now = time.time()
         rows: list[tuple[Any, ...]] = []
+        append = rows.append
         conn.execute("SAVEPOINT run")
         try:
-            seqs: dict[int, int] = {}
+            arg = "{" + ",".join([f'"{conv}":{n}' for conv, n in counts.items()]) + "}"
+            seqs = dict(conn.execute(_ADD_SEQS, (arg,)).fetchall())
+            if len(seqs) != len(counts):
+                raise _Fallback  # an unknown conversation among them
             for conv, n in counts.items():
-                row = conn.execute(_ADD_SEQS, (n, conv)).fetchall()
-                if not row:
-                    raise _Fallback
-                seqs[conv] = row[0][0] - n + 1
+                seqs[conv] -= n
             for m in messages:
-                seq = seqs[m.conv]
-                seqs[m.conv] = seq + 1
-                rows.append(
-                    (m.conv, seq, m.sender, m.device, _cmid_to_db(m.cmid), m.body, m.kind, now)
-                )
+                conv = m.conv
+                seq = seqs[conv] + 1
+                seqs[conv] = seq
+                cmid = m.cmid
+                db_cmid = cmid if 0 < cmid <= _I64_MAX else _cmid_to_db(cmid)
+                append((conv, seq, m.sender, m.device, db_cmid, m.body, m.kind, now))
             if conn.executemany(_INSERT_MESSAGE, rows).rowcount != len(rows):
                 raise _Fallback  # a retry among them: it must get the original back
         except (_Fallback, sqlite3.IntegrityError):
@@ -630,6 +706,45 @@ class SQLiteStore(Store):
                 StoredMessage(m.conv, r[1], m.sender, m.device, m.cmid, m.body, m.kind, now),
                 False,
             )
+
+    def _wal_frames(self) -> int:
+        """The frames in the write-ahead log (writer thread; 0 if it cannot tell)."""
+        shm = self._shm
+        if shm is None:
+            return self.wal_checkpoint_pages  # unknown: let a checkpoint find out
+        try:
+            header = os.pread(shm, 4, 16)
+        except OSError:
+            return 0
+        return _WAL_MX_FRAME.unpack(header)[0] if len(header) == 4 else 0
+
+    def _checkpoint_aside(self) -> None:
+        """Step 1 of a checkpoint, on the checkpoint thread and its own connection."""
+        try:
+            conn = self._ckconn
+            if conn is None:
+                conn = self._ckconn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            log.warning("a checkpoint of %r failed", self.path, exc_info=True)
+            return
+        self.stats.checkpoints += 1
+
+    def _checkpoint(self) -> None:
+        """Step 2 of a checkpoint (writer thread, between batches)."""
+        conn = self._wconn
+        if conn is None:
+            return
+        restart = self._wal_frames() >= _WAL_RESTART_FACTOR * self.wal_checkpoint_pages
+        mode = "RESTART" if restart else "PASSIVE"
+        try:
+            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        except sqlite3.Error:
+            log.warning("a %s checkpoint of %r failed", mode, self.path, exc_info=True)
+            return
+        self.stats.checkpoints += 1
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -1116,6 +1231,32 @@ class SQLiteStore(Store):
         if writer is not None and loop is not None and self._state == "open":
             await loop.run_in_executor(writer, self._truncate_wal)
         return result
+
+    async def disabled_users(self) -> dict[str, str]:
+        """The disabled users and their reasons; see :meth:`Store.disabled_users`."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            return dict(conn.execute("SELECT user, reason FROM disabled_users").fetchall())
+
+        return await self._read(run)
+
+    async def set_user_disabled(self, user: str, disabled: bool, reason: str = "") -> bool:
+        """Disables or enables ``user``; see :meth:`Store.set_user_disabled`."""
+        check_user("user", user)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            if not disabled:
+                sql = "DELETE FROM disabled_users WHERE user = ?"
+                return bool(conn.execute(sql, (user,)).rowcount)
+            return bool(
+                conn.execute(
+                    "INSERT INTO disabled_users (user, since, reason) VALUES (?, ?, ?) "
+                    "ON CONFLICT (user) DO NOTHING",
+                    (user, time.time(), reason),
+                ).rowcount
+            )
+
+        return await self._submit(run)
 
     def _truncate_wal(self) -> None:
         conn = self._wconn
