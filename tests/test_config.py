@@ -47,6 +47,7 @@ BAD_VALUES: dict[str, object] = {
     "send_burst": 0,
     "max_typing_per_second": 0,
     "max_connections": 0,
+    "listen_backlog": 0,
     "overload_retry_after": -1,
     "max_devices_per_user": 0,
     "max_groups_per_user": 0,

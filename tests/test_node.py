@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -822,3 +823,17 @@ def test_closed_client_raises_connection_lost() -> None:
             await client.send(1, "x")
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read the queue")
+def test_listen_backlog_reaches_both_listeners(run: Run) -> None:
+    async def scenario(node: Node) -> None:
+        for port in (node.port, node.tcp_port):
+            ss = await asyncio.create_subprocess_exec(
+                "ss", "-ltnH", f"sport = :{port}", stdout=asyncio.subprocess.PIPE
+            )
+            out = (await ss.communicate())[0].decode().split()
+            # State, Recv-Q, Send-Q: a listener's Send-Q is its accept queue's size.
+            assert out[2] == "77", out
+
+    run(scenario, listen_backlog=77, tcp_port=0)

@@ -272,8 +272,15 @@ cdef class _Echo(WebSocketProtocol):
 
 class BufferedWebSocketProtocol(WebSocketProtocol, asyncio.BufferedProtocol):
     """``WebSocketProtocol`` that is also an ``asyncio.BufferedProtocol`` (the stdlib
-    loop checks the type; uvloop checks for ``get_buffer``). Subclass this one."""
+    loop checks the type; uvloop checks for ``get_buffer``). Subclass this one.
+
+    It adds no ``__dict__``: a subclass that declares ``__slots__`` keeps its instances
+    to the C struct and those slots (an idle connection's whole Python state)."""
+
+    __slots__ = ()
 
 
 class EchoProtocol(_Echo, asyncio.BufferedProtocol):
     """Echoes every message back, from the engine's buffer to its output buffer."""
+
+    __slots__ = ()

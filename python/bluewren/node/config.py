@@ -102,6 +102,9 @@ class NodeConfig:
     send_burst: int = 100
     max_typing_per_second: int = 3
     max_connections: int = 100_000
+    listen_backlog: int = 4096
+    """Accept queue of each listener (``listen(2)``'s backlog; the kernel caps it at
+    net.core.somaxconn). asyncio's default, 100, resets bursts of connects."""
     overload_retry_after: float = 5.0
     max_devices_per_user: int = 10
     max_groups_per_user: int = 1_000
@@ -277,6 +280,7 @@ class NodeConfig:
             "send_burst",
             "max_typing_per_second",
             "max_connections",
+            "listen_backlog",
             "max_devices_per_user",
             "max_groups_per_user",
             "max_group_members",

@@ -56,6 +56,7 @@ from bluewren.node.admission import AdmissionControl, peer_address
 from bluewren.node.commands import COMMANDS, CloseCode, ErrorCode, Kind, encode_envelope
 from bluewren.node.compression import CAP_ZSTD, COMPRESSION_NAME, DictCodec
 from bluewren.node.config import NodeConfig, resolve_token_secret
+from bluewren.node.deadlines import Deadlines
 from bluewren.node.groups import add_members, create_group, leave, remove_member, rename, set_role
 from bluewren.node.history import history
 from bluewren.node.hooks import AfterStore, MessageContext, OnConnect, OnMessage
@@ -68,7 +69,7 @@ from bluewren.node.receipts import Receipts, read_receipt
 from bluewren.node.resilience import STORE_READ, STORE_WRITE, GuardedHooks, breaker_registry
 from bluewren.node.session import Session
 from bluewren.node.users import DISABLED_REASON, DisabledUsers
-from bluewren.node.wire import OP_BINARY, OP_TEXT, Command, CommandError, JsonCodec
+from bluewren.node.wire import OP_BINARY, OP_TEXT, BinaryCodec, Command, CommandError, JsonCodec
 from bluewren.store import AppendResult, Conversation, Member, SQLiteStore, Store, StoredMessage
 from bluewren.store.guarded import GuardedStore
 
@@ -120,6 +121,11 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_conn = 0
         self._sessions: dict[int, Session] = {}
+        self.deadlines: Final = Deadlines(self._sessions.get)
+        """Each connection's HELLO timeout, then token expiry, on one loop timer."""
+        self.binary_codec: Final = BinaryCodec(config.max_ws_message_bytes)
+        self.json_codec: Final = JsonCodec()
+        """The subprotocols' codecs, stateless and shared by every connection."""
         self._online: dict[str, dict[int, Session]] = {}
         self._members: dict[int, _Members] = {}
         self._member_gen: dict[int, int] = {}
@@ -221,6 +227,7 @@ class Node:
             self.config.host,
             self.config.port,
             reuse_address=True,
+            backlog=self.config.listen_backlog,
             ssl=tls,
             # A TLS handshake gets the time a HELLO gets (the HELLO clock starts after it).
             ssl_handshake_timeout=self.config.hello_timeout if tls is not None else None,
@@ -233,7 +240,11 @@ class Node:
                 return TcpSession(self, self._next_conn)
 
             self._tcp_server = await self._loop.create_server(
-                new_tcp_session, self.config.host, self.config.tcp_port, reuse_address=True
+                new_tcp_session,
+                self.config.host,
+                self.config.tcp_port,
+                reuse_address=True,
+                backlog=self.config.listen_backlog,
             )
         self.admission.start()
         if self.config.metrics_port is not None:
@@ -251,6 +262,7 @@ class Node:
             server.close()
         await self.admission.stop()
         await self.disabled.stop()
+        self.deadlines.close()
         sessions = list(self._sessions.values())
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
         for session in sessions:
@@ -927,7 +939,8 @@ class Node:
                 if session.is_closed:
                     return
             todo.clear()
-        session.floors.update(replayed)
+        if replayed:
+            session.floors = {**session.floors, **replayed} if session.floors else replayed
         session.live = True
         session.emit(Kind.SYNCED, obj={str(conv): seq for conv, seq in replayed.items()})
 

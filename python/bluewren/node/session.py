@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from bluewren.auth import Identity
 from bluewren.node.commands import BINARY_SUBPROTOCOL, JSON_SUBPROTOCOL, CloseCode, Kind
-from bluewren.node.wire import BinaryCodec, Codec, Command, CommandError, JsonCodec
+from bluewren.node.wire import Codec, Command, CommandError
 from bluewren.protocol import BufferedWebSocketProtocol
 
 if TYPE_CHECKING:
@@ -31,31 +33,48 @@ __all__ = ["Session"]
 CLOSE_GRACE = 5.0
 """Seconds a closed connection may take to drain before its socket is aborted."""
 
+NO_FLOORS: Mapping[int, int] = MappingProxyType({})
+"""The replay floors of a connection that has replayed nothing (shared, read-only)."""
+
 
 class SessionEvents:
     """What the node calls on every connection, WebSocket or raw TCP: the verified
     identity and event queueing. Each transport says how payloads are queued
     (:meth:`_queue`) and what a token expiry does (:meth:`_token_expired`)."""
 
+    if not TYPE_CHECKING:  # (mypy would refuse the assignments below to empty slots)
+        # No __dict__ from this base: the concrete classes list their slots.
+        __slots__ = ()
+
     node: Node
+    conn_id: int
     codec: Codec
     identity: Identity | None
     is_closed: bool
-    _timer: asyncio.TimerHandle | None
+    deadline: float
+    """Loop time of this connection's deadline in ``node.deadlines`` (0.0: none): the
+    HELLO timeout until HELLO, then the token's expiry."""
 
     def _queue(self, payloads: list[bytes]) -> None:
         raise NotImplementedError
 
-    def _token_expired(self) -> None:
+    def shut(self, code: int, reason: str) -> None:
         raise NotImplementedError
 
     def authenticated(self, identity: Identity) -> None:
         """Records the verified identity and arms the token-expiry close."""
         self.identity = identity
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, identity.seconds_left()), self._token_expired)
+        self.node.deadlines.set(self, identity.seconds_left())
+
+    def deadline_passed(self) -> None:
+        """No HELLO in time (close 4002), or the token expired (close 4001)."""
+        if self.identity is None:
+            self.shut(
+                CloseCode.HELLO_TIMEOUT,
+                f"no HELLO within {self.node.config.hello_timeout:g} s",
+            )
+        else:
+            self.shut(CloseCode.UNAUTHORIZED, "token expired; reconnect with a new token")
 
     def emit(
         self,
@@ -90,11 +109,25 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
     a replay sent, so a delivery already replayed is not sent again live.
     """
 
+    # No per-instance __dict__: an idle connection's Python state is these slots.
+    __slots__ = (
+        "_writable",
+        "codec",
+        "compress",
+        "conn_id",
+        "connected_at",
+        "deadline",
+        "floors",
+        "identity",
+        "is_closed",
+        "live",
+        "node",
+        "send_gate",
+    )
+
     framing: str = "ws"
     """How fanned-out deliveries are framed for this connection (``bluewren.node.tcp``
     sessions say ``"tcp"``); JSON sessions are told apart by their codec."""
-    compress: bool = False
-    """True once HELLO negotiated zstd with the shipped dictionary (compression.CAP_ZSTD)."""
 
     def __new__(cls, node: Node, conn_id: int) -> Session:
         limit = node.config.max_ws_message_bytes
@@ -107,13 +140,17 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
         """When the connection was accepted (UNIX seconds; the admin API lists it)."""
         # The frame layer allows what a WebSocket message allows; the node then refuses
         # a SEND body over max_message_bytes with its conv and cmid in the ERROR.
-        self.codec: Codec = BinaryCodec(node.config.max_ws_message_bytes)
+        self.codec: Codec = node.binary_codec
         self.identity: Identity | None = None
         self.live = False
-        self.floors: dict[int, int] = {}
+        self.floors: Mapping[int, int] = NO_FLOORS
+        """Per conversation, the last sequence number a replay sent (see the class
+        docstring); the shared empty ``NO_FLOORS`` until the first replay."""
         self.is_closed = False
         self.send_gate: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.compress = False
+        """True once HELLO negotiated zstd with the shipped dictionary (compression.CAP_ZSTD)."""
         self._writable: asyncio.Event | None = None
 
     def __repr__(self) -> str:
@@ -126,7 +163,7 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
         if BINARY_SUBPROTOCOL in offered:
             return BINARY_SUBPROTOCOL
         if JSON_SUBPROTOCOL in offered:
-            self.codec = JsonCodec()
+            self.codec = self.node.json_codec
             return JSON_SUBPROTOCOL
         return (
             400,
@@ -135,8 +172,7 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
 
     def opened(self) -> None:
         self.node.session_opened(self)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.node.config.hello_timeout, self._hello_timed_out)
+        self.node.deadlines.set(self, self.node.config.hello_timeout)
 
     def message_received(self, opcode: int, payload: bytes) -> None:
         if self.is_closed:
@@ -154,9 +190,7 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
 
     def closed(self, exc: Exception | None) -> None:
         self.is_closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.node.deadlines.clear(self)
         if self._writable is not None:
             self._writable.set()
         self.node.session_closed(self)
@@ -206,17 +240,3 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
             self._writable = asyncio.Event()
         self._writable.clear()
         await self._writable.wait()
-
-    # -- timers ----------------------------------------------------------------------
-
-    def _hello_timed_out(self) -> None:
-        self._timer = None
-        if self.identity is None:
-            self.shut(
-                CloseCode.HELLO_TIMEOUT,
-                f"no HELLO within {self.node.config.hello_timeout:g} s",
-            )
-
-    def _token_expired(self) -> None:
-        self._timer = None
-        self.shut(CloseCode.UNAUTHORIZED, "token expired; reconnect with a new token")

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 from bluewren import FrameDecoder, FrameError
 from bluewren.auth import Identity
-from bluewren.node.commands import CloseCode, ErrorCode
-from bluewren.node.session import CLOSE_GRACE, SessionEvents
-from bluewren.node.wire import BinaryCodec, Codec, Command, CommandError
+from bluewren.node.commands import ErrorCode
+from bluewren.node.session import CLOSE_GRACE, NO_FLOORS, SessionEvents
+from bluewren.node.wire import Codec, Command, CommandError
 
 if TYPE_CHECKING:
     from bluewren.node.server import Node
@@ -39,6 +40,26 @@ __all__ = ["TcpSession"]
 class TcpSession(SessionEvents, asyncio.Protocol):
     """One raw TCP connection; see the module docstring."""
 
+    __slots__ = (
+        "_broken",
+        "_decoder",
+        "_failing",
+        "_out",
+        "_writable",
+        "codec",
+        "conn_id",
+        "connected_at",
+        "deadline",
+        "floors",
+        "identity",
+        "is_closed",
+        "live",
+        "node",
+        "send_gate",
+        "transport",
+        "writing_paused",
+    )
+
     framing = "tcp"
     compress = False
 
@@ -47,17 +68,17 @@ class TcpSession(SessionEvents, asyncio.Protocol):
         self.conn_id = conn_id
         self.connected_at = time.time()
         """When the connection was accepted (UNIX seconds; the admin API lists it)."""
-        self.codec: Codec = BinaryCodec(node.config.max_ws_message_bytes)
+        self.codec: Codec = node.binary_codec
         self.identity: Identity | None = None
         self.live = False
-        self.floors: dict[int, int] = {}
+        self.floors: Mapping[int, int] = NO_FLOORS
         self.is_closed = False
         self.send_gate: asyncio.Future[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
         self._decoder = FrameDecoder(node.config.max_ws_message_bytes)
         self._out: list[bytes] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self._writable: asyncio.Event | None = None
         self._broken = False
         self._failing: asyncio.Future[None] | None = None
@@ -77,8 +98,7 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.node.session_opened(self._session)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.node.config.hello_timeout, self._hello_timed_out)
+        self.node.deadlines.set(self, self.node.config.hello_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.is_closed or self._broken:
@@ -118,9 +138,7 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
         self.transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.node.deadlines.clear(self)
         if self._writable is not None:
             self._writable.set()
         self.node.session_closed(self._session)
@@ -178,14 +196,3 @@ class TcpSession(SessionEvents, asyncio.Protocol):
             self._writable = asyncio.Event()
         self._writable.clear()
         await self._writable.wait()
-
-    # -- timers ----------------------------------------------------------------------
-
-    def _hello_timed_out(self) -> None:
-        self._timer = None
-        if self.identity is None:
-            self.shut(CloseCode.HELLO_TIMEOUT, "no HELLO in time")
-
-    def _token_expired(self) -> None:
-        self._timer = None
-        self.shut(CloseCode.UNAUTHORIZED, "token expired")
