@@ -126,7 +126,9 @@ class Node:
         self.binary_codec: Final = BinaryCodec(config.max_ws_message_bytes)
         self.json_codec: Final = JsonCodec()
         """The subprotocols' codecs, stateless and shared by every connection."""
-        self._online: dict[str, dict[int, Session]] = {}
+        # Per user, the authenticated connections (a list: most users have one device,
+        # and a one-item list weighs a quarter of a one-item dict).
+        self._online: dict[str, list[Session]] = {}
         self._members: dict[int, _Members] = {}
         self._member_gen: dict[int, int] = {}
         self._member_loads: dict[int, asyncio.Task[_Members]] = {}
@@ -340,11 +342,13 @@ class Node:
         self.limits.forget(session.conn_id)
         self._hello_pending.pop(session.conn_id, None)
         if session.identity is not None:
-            devices = self._online.get(session.identity.user)
-            was_online = devices is not None and devices.pop(session.conn_id, None) is not None
-            if was_online and not devices:
-                del self._online[session.identity.user]
-                self.presence.went_offline(session.identity.user)
+            user = session.identity.user
+            devices = self._online.get(user)
+            if devices is not None and session in devices:
+                devices.remove(session)
+                if not devices:
+                    del self._online[user]
+                    self.presence.went_offline(user)
 
     def session_resumed(self, session: Session) -> None:
         """The transport drained: move what the outbox held while it was paused."""
@@ -355,7 +359,7 @@ class Node:
 
     def online(self, user: str) -> list[Session]:
         """The user's authenticated connections."""
-        return list(self._online.get(user, {}).values())
+        return list(self._online.get(user, ()))
 
     @property
     def serving(self) -> bool:
@@ -556,8 +560,8 @@ class Node:
 
     def _welcome(self, session: Session, cmd: Command, identity: Identity) -> bool:
         """Admits an authenticated connection, or refuses it past max_devices_per_user."""
-        devices = self._online.get(identity.user, {})
-        known = {s.identity.device for s in devices.values() if s.identity is not None}
+        devices = self._online.get(identity.user, ())
+        known = {s.identity.device for s in devices if s.identity is not None}
         cap = self.config.max_devices_per_user
         if identity.device not in known and len(known) >= cap:
             message = f"{identity.user!r} has {cap} devices connected: disconnect one first"
@@ -568,7 +572,7 @@ class Node:
         session.authenticated(identity)
         if cmd.seq & CAP_ZSTD and session.codec.opcode == OP_BINARY:
             session.compress = True
-        self._online.setdefault(identity.user, {})[session.conn_id] = session
+        self._online.setdefault(identity.user, []).append(session)
         session.emit(
             Kind.WELCOME,
             obj={
@@ -854,7 +858,7 @@ class Node:
             devices = online.get(user)
             if not devices:
                 continue
-            for session in devices.values():
+            for session in devices:
                 if session is sender or not session.live or seq <= session.floors.get(conv, 0):
                     continue
                 key = (

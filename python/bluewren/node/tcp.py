@@ -47,6 +47,7 @@ class TcpSession(SessionEvents, asyncio.Protocol):
         "_out",
         "_writable",
         "codec",
+        "compress",
         "conn_id",
         "connected_at",
         "deadline",
@@ -61,7 +62,6 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     )
 
     framing = "tcp"
-    compress = False
 
     def __init__(self, node: Node, conn_id: int) -> None:
         self.node = node
@@ -79,6 +79,7 @@ class TcpSession(SessionEvents, asyncio.Protocol):
         self._decoder = FrameDecoder(node.config.max_ws_message_bytes)
         self._out: list[bytes] = []
         self.deadline = 0.0
+        self.compress = False
         self._writable: asyncio.Event | None = None
         self._broken = False
         self._failing: asyncio.Future[None] | None = None

@@ -388,6 +388,13 @@ fn flush(c: &mut Conn) -> io::Result<()> {
     Ok(())
 }
 
+/// Messages sender `si` of `n` owes `elapsed` seconds into an open-loop run at
+/// `rate` messages/s each. The senders' schedules are staggered by `1 / n` of a
+/// period, so that `n` senders offer an even stream rather than bursts of `n`.
+fn paced_due(elapsed: f64, rate: f64, si: usize, n: usize) -> u64 {
+    (elapsed * rate + si as f64 / n.max(1) as f64) as u64
+}
+
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -1018,8 +1025,10 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
             break;
         }
         if !closed_loop {
-            let due = (now.duration_since(t_send).as_secs_f64() * per_sender_rate) as u64;
-            for si in 0..g.ctx.senders.len() {
+            let elapsed = now.duration_since(t_send).as_secs_f64();
+            let n_senders = g.ctx.senders.len();
+            for si in 0..n_senders {
+                let due = paced_due(elapsed, per_sender_rate, si, n_senders);
                 let s = &mut g.ctx.senders[si];
                 if due > s.scheduled {
                     let k = (due - s.scheduled).min(u64::from(u32::MAX)) as u32;
@@ -1213,4 +1222,43 @@ fn idle(mut g: Gen<'_>, connect_s: f64, ready_out: &mut dyn Write) -> io::Result
     });
     drop(g);
     Ok(Outcome { result, failure })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paced_due;
+
+    #[test]
+    fn paced_senders_are_staggered_evenly() {
+        // 4 senders at 100 msg/s each: one message every 2.5 ms across them.
+        let mut sends: Vec<(u64, usize)> = Vec::new();
+        let mut owed = [0u64; 4];
+        for tick in 0..=100u64 {
+            let t = tick as f64 / 10_000.0; // 0.1 ms ticks, 10 ms in all
+            for (si, o) in owed.iter_mut().enumerate() {
+                let due = paced_due(t, 100.0, si, 4);
+                while *o < due {
+                    *o += 1;
+                    sends.push((tick, si));
+                }
+            }
+        }
+        // In 10 ms each sender sends once (its rate's worth), the last one first,
+        // 2.5 ms in, and the others 2.5 ms apart: never two at once.
+        assert_eq!(sends.len(), 4, "{sends:?}");
+        assert_eq!(sends[0], (25, 3));
+        let mut ticks: Vec<u64> = sends.iter().map(|&(t, _)| t).collect();
+        ticks.dedup();
+        assert_eq!(ticks.len(), sends.len(), "{sends:?}");
+        let gaps: Vec<u64> = ticks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g == 25), "{sends:?}");
+    }
+
+    #[test]
+    fn one_sender_is_paced_from_zero() {
+        assert_eq!(paced_due(0.0, 100.0, 0, 1), 0);
+        assert_eq!(paced_due(0.0099, 100.0, 0, 1), 0);
+        assert_eq!(paced_due(0.0101, 100.0, 0, 1), 1);
+        assert_eq!(paced_due(1.0, 100.0, 0, 1), 100);
+    }
 }
