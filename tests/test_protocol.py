@@ -186,3 +186,43 @@ class _Proxy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._transport, name)
+
+
+def test_write_raw_passes_bytes_through_and_keeps_queued_replies_first(run: Run) -> None:
+    writes: list[bytes] = []
+    raw_a = bluewren.encode_ws_frame(OP_BINARY, b"fan-out A")
+    raw_b = bluewren.encode_ws_frame(OP_BINARY, b"fan-out B")
+
+    class Raw(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            real_write = transport.write  # type: ignore[attr-defined]
+
+            def write(data: bytes) -> None:
+                writes.append(data)
+                real_write(data)
+
+            super().connection_made(_Proxy(transport, write))
+
+        def message_received(self, opcode: int, payload: bytes) -> None:
+            if payload == b"idle":
+                self.write_raw(raw_a)  # nothing queued: the very object is written
+            else:
+                self.send(opcode, payload.upper())  # queued for the end of the pass
+                self.write_raw(raw_b)  # so this goes after it, in the same write
+
+    async def main() -> None:
+        server = await serve(Raw)
+        client, _, _ = await Client.connect(port_of(server))
+        writes.clear()
+        client.send(OP_TEXT, b"idle")
+        assert await client.recv() == (OP_BINARY, b"fan-out A")
+        assert writes[-1] is raw_a
+        client.send(OP_TEXT, b"busy")
+        assert await client.recv() == (OP_TEXT, b"BUSY")
+        assert await client.recv() == (OP_BINARY, b"fan-out B")
+        assert writes[-1].endswith(raw_b)
+        assert len(writes[-1]) > len(raw_b)
+        client.writer.close()
+        server.close()
+
+    run(asyncio.wait_for(main(), TIMEOUT))

@@ -153,7 +153,7 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{measured:.2f}x",
                 "MET" if met else "MISSED",
                 f"{measured / goal:.2f} of the target"
-                + ("" if met else f" (needs {goal / measured:.2f}x more)"),
+                + ("" if met or measured <= 0 else f" (needs {goal / measured:.2f}x more)"),
             )
         )
 

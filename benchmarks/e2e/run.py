@@ -607,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--retries",
         type=int,
         default=1,
-        help=f"runs more of a measurement disturbed by other processes (> {DISTURBED:.0%} CPU)",
+        help=f"runs more of a measurement disturbed by other processes (> {DISTURBED:.0%}% CPU)",
     )
     target = ROOT / "target"
     parser.add_argument("--loadgen", type=Path, default=target / "release" / "bluewren-loadgen")

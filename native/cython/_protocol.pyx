@@ -241,6 +241,18 @@ cdef class WebSocketProtocol:
         """Queue already-encoded WebSocket frames (e.g. one fan-out frame shared by many)."""
         bw_conn_extend_out(self._conn, frames, len(frames))
 
+    cpdef write_raw(self, bytes frames):
+        """Write already-encoded WebSocket frames now, after anything queued. With
+        nothing queued (the common case for fanned-out deliveries) the bytes go to
+        the transport as they are: no copy through the output buffer."""
+        cdef size_t n = 0
+        bw_conn_out(self._conn, &n)
+        if n == 0 and self.transport is not None:
+            self.transport.write(frames)
+        else:
+            bw_conn_extend_out(self._conn, frames, len(frames))
+            self.flush()
+
     cpdef close(self, int code=1000, str reason=""):
         """Send a close frame, flush and close the transport."""
         cdef bytes r = reason.encode()

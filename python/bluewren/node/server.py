@@ -408,8 +408,10 @@ class Node:
                 continue  # a paused session's outbox is moved by session_resumed
             data = fanout.drain(conn)
             if data:
-                session.send_raw(data)
-                dirty.add(session)
+                if session in dirty:
+                    session.send_raw(data)  # behind its queued events, in one write
+                else:
+                    session.write_raw(data)
         for session in dirty:
             session.flush()
 

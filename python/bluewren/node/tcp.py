@@ -165,6 +165,15 @@ class TcpSession(SessionEvents, asyncio.Protocol):
         """Queues bytes already framed for this stream (fanned-out deliveries)."""
         self._out.append(data)
 
+    def write_raw(self, data: bytes) -> None:
+        """Writes framed bytes now, after anything queued (no join when nothing is)."""
+        transport = self.transport
+        if not self._out and transport is not None and not transport.is_closing():
+            transport.write(data)
+        else:
+            self._out.append(data)
+            self.flush()
+
     def flush(self) -> None:
         """Writes everything queued in one ``transport.write``."""
         transport = self.transport
