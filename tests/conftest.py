@@ -93,6 +93,21 @@ def node_runner(
     return runner
 
 
+CLI_TIMEOUT = 60.0
+
+
+def bluewren_cli(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m bluewren ARGS [--data-dir DIR]`` as a subprocess; its output captured."""
+    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "bluewren", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 15.0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,11 @@ from bluewren.client import Client, ClientError
 from bluewren.node import Node, NodeConfig
 from bluewren.node.commands import CloseCode, ErrorCode
 from bluewren.store.sqlite import SQLiteStore
+from conftest import bluewren_cli as bluewren
 
 TIMEOUT = 60.0
 SECRET = "u" * 48
 ADMIN = "admin-token-" + "z" * 20
-
-
-def bluewren(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
-    return subprocess.run(
-        [sys.executable, "-m", "bluewren", *args, *extra],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
 
 
 async def abluewren(*args: str) -> tuple[int, str, str]:

@@ -10,27 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bluewren.store.sqlite import SQLiteStore
-
-TIMEOUT = 60.0
-
-
-def bluewren(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
-    return subprocess.run(
-        [sys.executable, "-m", "bluewren", *args, *extra],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+from conftest import bluewren_cli as bluewren
 
 
 @pytest.fixture

@@ -13,28 +13,15 @@ import asyncio
 import base64
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bluewren.store.sqlite import SQLiteStore
+from conftest import bluewren_cli as bluewren
 
-TIMEOUT = 60.0
 SENT_BY_ALICE = 401  # of the 600 group messages, plus one in the direct chat
-
-
-def bluewren(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
-    return subprocess.run(
-        [sys.executable, "-m", "bluewren", *args, *extra],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ the echo benchmark drives both servers the same way. ``--port 0`` picks a free p
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 from collections.abc import Sequence
 
+from _cli import serve_main
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 
@@ -42,18 +41,7 @@ async def serve(host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=9002, help="port (default 9002)")
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    args = parser.parse_args(argv)
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(serve(args.host, args.port))
-    else:
-        asyncio.run(serve(args.host, args.port))
-    return 0
+    return serve_main(serve, __doc__, 9002, argv)
 
 
 if __name__ == "__main__":

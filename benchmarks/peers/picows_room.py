@@ -12,12 +12,12 @@ picows has no broadcast helper, so this is what its documentation shows for send
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from _cli import serve_main
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 ROOMS: dict[str, set[WSTransport]] = {}
@@ -65,18 +65,8 @@ async def run(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9011, help="0: any free port")
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    args = parser.parse_args(argv)
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(run(args.host, args.port))
-    else:
-        asyncio.run(run(args.host, args.port))
-    return 0
+    """Command-line entry point."""
+    return serve_main(run, __doc__, 9011, argv)
 
 
 if __name__ == "__main__":

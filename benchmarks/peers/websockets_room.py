@@ -12,12 +12,12 @@ listening; serves until SIGTERM or SIGINT. uvloop by default.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from _cli import serve_main
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 ROOMS: dict[str, set[ServerConnection]] = {}
@@ -51,18 +51,8 @@ async def run(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9010, help="0: any free port")
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    args = parser.parse_args(argv)
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(run(args.host, args.port))
-    else:
-        asyncio.run(run(args.host, args.port))
-    return 0
+    """Command-line entry point."""
+    return serve_main(run, __doc__, 9010, argv)
 
 
 if __name__ == "__main__":
