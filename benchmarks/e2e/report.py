@@ -23,16 +23,19 @@ BENCH = HERE.parent
 DEFAULT_JSON = BENCH / "results" / "e2e.json"
 DEFAULT_MD = BENCH / "RESULTS.md"
 NODE = "bluewren"
-LOAD_WORKLOADS = ("fanout-1", "fanout-10x4", "pairs", "latency-half")
+LOAD_WORKLOADS = ("fanout-1", "fanout-10x4", "pairs", "latency-half", "latency-equal")
+LATENCY_WORKLOADS = ("latency-half", "latency-equal")
 TITLES = {
     "fanout-1": "Fan-out, 1 sender, 1 message in flight",
     "fanout-10x4": "Fan-out, 10 senders x 4 messages in flight",
     "pairs": "1:1 pairs, each sender 4 messages in flight",
     "latency-half": "Latency at half of the fanout-10x4 rate, one sender paced (open loop)",
+    "latency-equal": "Latency at one rate for every server, one sender paced (open loop)",
     "idle": "Idle connections: RSS per connection",
 }
 LOADGEN_BOUND = 0.9  # loadgen CPU share at or above which a row is a lower bound
 OTHER_RESULTS = [
+    ("results/e2e-notes.md", "where the node's time goes, and why two targets are missed"),
     ("results/micro.md", "micro-benchmarks (native primitives against their peers)"),
     ("results/echo.md", "WebSocket echo throughput against picows"),
     ("results/node.md", "node throughput: durable 1:1 acks and group fan-out"),
@@ -81,6 +84,8 @@ def load_table(doc: dict[str, Any], workload: str) -> list[str]:
     runs = by_server(doc, workload)
     # Latency runs are offered different rates per server: no throughput ratio there.
     node = dps(runs.get(NODE)) if workload != "latency-half" else None
+    if workload == "latency-equal":
+        node = None  # the same rate for all: the latencies are what compares
     lines = [
         "| server | deliveries/s | messages/s | p50 ms | p99 ms | server CPU | loadgen CPU "
         "| other CPU | deliveries per server CPU-s | node ÷ server | notes |",
@@ -254,7 +259,7 @@ def plot(doc: dict[str, Any], workload: str, path: Path) -> bool:
             return False
         servers = [r["server"] for r in runs]
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        if workload == "latency-half":
+        if workload in LATENCY_WORKLOADS:
             lat = [(r.get("result") or {}).get("latency_us") or {} for r in runs]
             xs = range(len(servers))
             ax.bar([x - 0.2 for x in xs], [v.get("p50", 0) / 1000 for v in lat], 0.4, label="p50")

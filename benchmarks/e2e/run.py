@@ -16,6 +16,9 @@ Workloads (full size; ``--quick`` shrinks them to a smoke run of seconds):
   pairs         500 1:1 pairs (direct conversations), each one sender with 4 in flight
   latency-half  the same room, one sender paced (open loop) at half the messages/s that
                 fanout-10x4 reached on the same server; p50/p99 delivery latency
+  latency-equal the same room, one sender paced at the same rate for every server
+                (--equal-rate, 150 messages/s: below every server's fanout-1 rate);
+                p50/p99 delivery latency at equal offered load
   idle          10,000 connections, then 19,000 (what the 20,000 fd limit allows), over
                 source addresses 127.0.0.1..127.0.0.8; RSS per connection
 
@@ -58,7 +61,9 @@ PEERS = HERE.parent / "peers"
 DEFAULT_OUT = HERE.parent / "results" / "e2e.json"
 SECRET = "e2e-benchmark-token-secret-0123456789abcdef"
 SERVERS = ("bluewren", "websockets", "picows", "aiohttp", "socketify", "baseline")
-WORKLOADS = ("fanout-1", "fanout-10x4", "pairs", "latency-half", "idle")
+WORKLOADS = ("fanout-1", "fanout-10x4", "pairs", "latency-half", "latency-equal", "idle")
+EQUAL_RATE = 150.0
+"""Messages/s of latency-equal: every server sustains it with one message in flight."""
 PEER_LIBRARIES = {
     "websockets": "websockets",
     "picows": "picows",
@@ -599,6 +604,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the runs of --out's other workloads (those not measured now)",
     )
     parser.add_argument("--members", type=int, default=None, help="room size (1000)")
+    parser.add_argument(
+        "--equal-rate",
+        type=float,
+        default=EQUAL_RATE,
+        help=f"messages/s of latency-equal, the same for every server ({EQUAL_RATE:g})",
+    )
     parser.add_argument("--duration", type=float, default=None, help="measured s per run (8)")
     parser.add_argument(
         "--idle", type=int, nargs="+", default=None, help="idle connection counts (10000 19000)"
@@ -678,6 +689,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan.append((label, pairs_shape(sizes.pairs)))
         elif label == "latency-half":
             plan.append((label, None))
+        elif label == "latency-equal":
+            shape = fanout_shape(m, 1, 4)
+            shape.rate = args.equal_rate
+            plan.append((label, shape))
         else:
             plan.append((label, None))
     runs: list[dict[str, Any]] = doc["runs"]
@@ -737,9 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 }
                             )
                             continue
-                        # One sender, paced: messages arrive evenly spaced. (The loadgen
-                        # paces every sender on the same schedule, so ten paced senders send
-                        # in bursts of ten, which measures queueing behind the burst.)
+                        # One sender, paced: messages arrive evenly spaced.
                         shape = fanout_shape(m, 1, 4)
                         shape.rate = rate / 2
                     assert shape is not None
