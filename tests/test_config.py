@@ -69,6 +69,7 @@ BAD_VALUES: dict[str, object] = {
     "tls_cert": "cert.pem",  # without tls_key
     "tls_key": "key.pem",  # without tls_cert
     "max_open_files": 3,
+    "gc_threshold": 10,
     "disabled_refresh_interval": 0,
 }
 

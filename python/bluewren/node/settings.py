@@ -72,7 +72,6 @@ FIELD_HELP: Final[Mapping[str, str]] = {
     "send_burst": "SEND messages a connection may send at once (token bucket size).",
     "max_typing_per_second": "TYPING commands per connection and second.",
     "max_connections": "Connections of the node; the next is closed with 1013.",
-    "listen_backlog": "Accept queue of each listener (the kernel caps it at somaxconn).",
     "overload_retry_after": "Retry hint in seconds sent to refused connections.",
     "max_devices_per_user": "Devices of one user connected at once.",
     "max_groups_per_user": "Groups one user may belong to.",
