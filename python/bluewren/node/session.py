@@ -4,7 +4,8 @@ A :class:`Session` picks the subprotocol at the upgrade (``bluewren.v1`` preferr
 ``bluewren.json.v1``), decodes each message into commands with its codec and hands them
 to the :class:`~bluewren.node.server.Node`, which holds the policy. It enforces the
 connection's own rules: HELLO within ``hello_timeout`` (else close 4002), the token's
-expiry during the connection (close 4001 when ``exp`` passes).
+expiry during the connection (close 4001 when ``exp`` passes). Both are deadlines in
+the node's ``Deadlines`` (bluewren.node.deadlines), one timer for every connection.
 
 Events leave through two doors: ``emit`` (answers to this connection: WELCOME, ACK,
 ERROR, replays) queues on the connection's own buffer; deliveries fanned out to many
