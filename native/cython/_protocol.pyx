@@ -8,9 +8,9 @@ the bytes into the engine, which decodes them and keeps only what remains of an
 unfinished frame; an idle connection therefore holds no read buffer at all.
 While a frame is partly received the loop reads straight into that
 connection's engine buffer instead (zero copy, so a large frame is never copied
-twice). The engine is called through its C ABI, without a Python call. Every event of one read is handled in one
-loop, and everything queued meanwhile (pongs, close replies, messages sent by
-handlers) leaves in one ``transport.write``.
+twice). The engine is called through its C ABI, without a Python call. Every event
+of one read is handled in one loop, and everything queued meanwhile (pongs, close
+replies, messages sent by handlers) leaves in one ``transport.write``.
 
 Subclasses decide policy by overriding ``request_received`` (accept or reject
 the upgrade, choose the subprotocol) and ``message_received``. The payload

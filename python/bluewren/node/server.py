@@ -327,6 +327,7 @@ class Node:
             )
             return
         self._sessions[session.conn_id] = session
+        self.deadlines.set(session, c.hello_timeout)
         log.debug("connection opened", extra={"conn_id": session.conn_id})
         self.fanout.register(
             session.conn_id, c.outbox_low_water, c.outbox_high_water, c.outbox_max_bytes
@@ -335,6 +336,7 @@ class Node:
     def session_closed(self, session: Session) -> None:
         """The transport is gone: forget the connection."""
         session.live = False
+        self.deadlines.clear(session)
         if self._sessions.pop(session.conn_id, None) is not None:
             log.debug("connection closed", extra={"conn_id": session.conn_id})
         self._dirty.discard(session)

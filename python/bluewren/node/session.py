@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from bluewren.auth import Identity
 from bluewren.node.commands import BINARY_SUBPROTOCOL, JSON_SUBPROTOCOL, CloseCode, Kind
@@ -37,14 +37,31 @@ CLOSE_GRACE = 5.0
 NO_FLOORS: Mapping[int, int] = MappingProxyType({})
 """The replay floors of a connection that has replayed nothing (shared, read-only)."""
 
+SESSION_SLOTS: Final = (
+    "_writable",
+    "codec",
+    "compress",
+    "conn_id",
+    "connected_at",
+    "deadline",
+    "floors",
+    "identity",
+    "is_closed",
+    "live",
+    "node",
+    "send_gate",
+)
+"""The state every connection keeps (set by :meth:`SessionEvents._init_state`); each
+transport's ``__slots__`` lists these and its own, so no connection has a ``__dict__``."""
+
 
 class SessionEvents:
     """What the node calls on every connection, WebSocket or raw TCP: the verified
-    identity and event queueing. Each transport says how payloads are queued
-    (:meth:`_queue`) and what a token expiry does (:meth:`_token_expired`)."""
+    identity, its deadline and event queueing. Each transport says how payloads are
+    queued (:meth:`_queue`) and how it closes (:meth:`shut`)."""
 
     if not TYPE_CHECKING:  # (mypy would refuse the assignments below to empty slots)
-        # No __dict__ from this base: the concrete classes list their slots.
+        # No __dict__ from this base: the concrete classes list SESSION_SLOTS.
         __slots__ = ()
 
     node: Node
@@ -55,6 +72,26 @@ class SessionEvents:
     deadline: float
     """Loop time of this connection's deadline in ``node.deadlines`` (0.0: none): the
     HELLO timeout until HELLO, then the token's expiry."""
+
+    def _init_state(self, node: Node, conn_id: int) -> None:
+        self.node = node
+        self.conn_id = conn_id
+        self.connected_at = time.time()
+        """When the connection was accepted (UNIX seconds; the admin API lists it)."""
+        # The frame layer allows what a WebSocket message allows; the node then refuses
+        # a SEND body over max_message_bytes with its conv and cmid in the ERROR.
+        self.codec = node.binary_codec
+        self.identity = None
+        self.live = False
+        self.floors: Mapping[int, int] = NO_FLOORS
+        """Per conversation, the last sequence number a replay sent (see ``Session``);
+        the shared empty ``NO_FLOORS`` until the first replay."""
+        self.is_closed = False
+        self.send_gate: asyncio.Future[None] | None = None
+        self.deadline = 0.0
+        self.compress = False
+        """True once HELLO negotiated zstd with the shipped dictionary (compression.CAP_ZSTD)."""
+        self._writable: asyncio.Event | None = None
 
     def _queue(self, payloads: list[bytes]) -> None:
         raise NotImplementedError
@@ -111,20 +148,7 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
     """
 
     # No per-instance __dict__: an idle connection's Python state is these slots.
-    __slots__ = (
-        "_writable",
-        "codec",
-        "compress",
-        "conn_id",
-        "connected_at",
-        "deadline",
-        "floors",
-        "identity",
-        "is_closed",
-        "live",
-        "node",
-        "send_gate",
-    )
+    __slots__ = SESSION_SLOTS
 
     framing: str = "ws"
     """How fanned-out deliveries are framed for this connection (``bluewren.node.tcp``
@@ -135,24 +159,7 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
         return super().__new__(cls, max_frame_size=limit, max_message_size=limit)
 
     def __init__(self, node: Node, conn_id: int) -> None:
-        self.node = node
-        self.conn_id = conn_id
-        self.connected_at = time.time()
-        """When the connection was accepted (UNIX seconds; the admin API lists it)."""
-        # The frame layer allows what a WebSocket message allows; the node then refuses
-        # a SEND body over max_message_bytes with its conv and cmid in the ERROR.
-        self.codec: Codec = node.binary_codec
-        self.identity: Identity | None = None
-        self.live = False
-        self.floors: Mapping[int, int] = NO_FLOORS
-        """Per conversation, the last sequence number a replay sent (see the class
-        docstring); the shared empty ``NO_FLOORS`` until the first replay."""
-        self.is_closed = False
-        self.send_gate: asyncio.Future[None] | None = None
-        self.deadline = 0.0
-        self.compress = False
-        """True once HELLO negotiated zstd with the shipped dictionary (compression.CAP_ZSTD)."""
-        self._writable: asyncio.Event | None = None
+        self._init_state(node, conn_id)
 
     def __repr__(self) -> str:
         who = f"{self.identity.user}/{self.identity.device}" if self.identity else "anonymous"
@@ -173,7 +180,6 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
 
     def opened(self) -> None:
         self.node.session_opened(self)
-        self.node.deadlines.set(self, self.node.config.hello_timeout)
 
     def message_received(self, opcode: int, payload: bytes) -> None:
         if self.is_closed:
@@ -191,7 +197,6 @@ class Session(SessionEvents, BufferedWebSocketProtocol):
 
     def closed(self, exc: Exception | None) -> None:
         self.is_closed = True
-        self.node.deadlines.clear(self)
         if self._writable is not None:
             self._writable.set()
         self.node.session_closed(self)

@@ -20,15 +20,12 @@ Enable it with ``NodeConfig(tcp_port=...)`` (``--tcp-port`` on the command line)
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
 from bluewren import FrameDecoder, FrameError
-from bluewren.auth import Identity
 from bluewren.node.commands import ErrorCode
-from bluewren.node.session import CLOSE_GRACE, NO_FLOORS, SessionEvents
-from bluewren.node.wire import Codec, Command, CommandError
+from bluewren.node.session import CLOSE_GRACE, SESSION_SLOTS, SessionEvents
+from bluewren.node.wire import Command, CommandError
 
 if TYPE_CHECKING:
     from bluewren.node.server import Node
@@ -41,22 +38,11 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     """One raw TCP connection; see the module docstring."""
 
     __slots__ = (
+        *SESSION_SLOTS,
         "_broken",
         "_decoder",
         "_failing",
         "_out",
-        "_writable",
-        "codec",
-        "compress",
-        "conn_id",
-        "connected_at",
-        "deadline",
-        "floors",
-        "identity",
-        "is_closed",
-        "live",
-        "node",
-        "send_gate",
         "transport",
         "writing_paused",
     )
@@ -64,23 +50,11 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     framing = "tcp"
 
     def __init__(self, node: Node, conn_id: int) -> None:
-        self.node = node
-        self.conn_id = conn_id
-        self.connected_at = time.time()
-        """When the connection was accepted (UNIX seconds; the admin API lists it)."""
-        self.codec: Codec = node.binary_codec
-        self.identity: Identity | None = None
-        self.live = False
-        self.floors: Mapping[int, int] = NO_FLOORS
-        self.is_closed = False
-        self.send_gate: asyncio.Future[None] | None = None
+        self._init_state(node, conn_id)
         self.transport: asyncio.Transport | None = None
         self.writing_paused = False
         self._decoder = FrameDecoder(node.config.max_ws_message_bytes)
         self._out: list[bytes] = []
-        self.deadline = 0.0
-        self.compress = False
-        self._writable: asyncio.Event | None = None
         self._broken = False
         self._failing: asyncio.Future[None] | None = None
 
@@ -99,7 +73,6 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.node.session_opened(self._session)
-        self.node.deadlines.set(self, self.node.config.hello_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.is_closed or self._broken:
@@ -139,7 +112,6 @@ class TcpSession(SessionEvents, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
         self.transport = None
-        self.node.deadlines.clear(self)
         if self._writable is not None:
             self._writable.set()
         self.node.session_closed(self._session)
