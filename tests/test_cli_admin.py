@@ -396,3 +396,52 @@ def test_a_version_1_store_gains_the_disabled_users_table_when_opened(tmp_path: 
     conn = sqlite3.connect(path)
     assert schema_version(conn) == 2
     conn.close()
+
+
+def test_a_refresh_overtaken_by_an_admin_change_does_not_undo_it() -> None:
+    """A store read started before ``set`` returns the old list; it must not win."""
+
+    class Store:
+        def __init__(self) -> None:
+            self.rows: dict[str, str] = {}
+            self.reading = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def disabled_users(self) -> dict[str, str]:
+            snapshot = dict(self.rows)
+            self.reading.set()
+            await self.release.wait()
+            return snapshot
+
+        async def set_user_disabled(self, user: str, disabled: bool, reason: str) -> bool:
+            if disabled:
+                self.rows[user] = reason
+            else:
+                self.rows.pop(user, None)
+            return True
+
+    class FakeNode:
+        def __init__(self) -> None:
+            self.store = Store()
+
+        def online(self, user: str) -> list[Any]:
+            return []
+
+    async def main() -> None:
+        from bluewren.node.users import DisabledUsers
+
+        node = FakeNode()
+        disabled = DisabledUsers(node)  # type: ignore[arg-type]
+        refresh = asyncio.ensure_future(disabled.refresh())
+        await node.store.reading.wait()  # the read has its (empty) snapshot
+        await disabled.set("mallory", True)
+        node.store.release.set()
+        await refresh
+        assert "mallory" in disabled
+        # The next refresh reads the store as it is now.
+        node.store.reading.clear()
+        node.store.release.set()
+        await disabled.refresh()
+        assert "mallory" in disabled
+
+    asyncio.run(main())

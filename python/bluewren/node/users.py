@@ -35,15 +35,13 @@ class DisabledUsers:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-        self._users: dict[str, str] = {}
+        self._users: set[str] = set()
+        self._changes = 0
+        """Counts :meth:`set` calls: a read of the store that one overtook is stale."""
         self._task: asyncio.Task[None] | None = None
 
     def __contains__(self, user: object) -> bool:
         return user in self._users
-
-    def reason(self, user: str) -> str:
-        """The reason given when ``user`` was disabled ("" if none or not disabled)."""
-        return self._users.get(user, "")
 
     async def start(self) -> None:
         """Reads the list once, then keeps reading it in the background."""
@@ -58,17 +56,22 @@ class DisabledUsers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def refresh(self) -> int:
+    async def refresh(self) -> None:
         """Reads the list from the store and closes the connections of users newly on
-        it; returns how many connections it closed. A store error keeps the old list."""
+        it. A store error keeps the old list; so does a :meth:`set` during the read (its
+        change would be undone by what was read before it: the next refresh catches up)."""
+        changes = self._changes
         try:
-            users = await self._node.store.disabled_users()
+            users = (await self._node.store.disabled_users()).keys()
         except StoreError as exc:
             log.warning("cannot read the disabled users, keeping the last list: %s", exc)
-            return 0
-        added = users.keys() - self._users.keys()
-        self._users = users
-        return sum(self.close_connections(user) for user in added)
+            return
+        if changes != self._changes:
+            return
+        added = users - self._users
+        self._users = set(users)
+        for user in added:
+            self.close_connections(user)
 
     def close_connections(self, user: str) -> int:
         """Closes every connection of ``user`` with 4001; returns how many."""
@@ -83,10 +86,11 @@ class DisabledUsers:
         """Disables or enables ``user`` in the store and at once here; (changed, how many
         connections were closed)."""
         changed = await self._node.store.set_user_disabled(user, disabled, reason)
+        self._changes += 1
         if disabled:
-            self._users.setdefault(user, reason)
+            self._users.add(user)
             return changed, self.close_connections(user)
-        self._users.pop(user, None)
+        self._users.discard(user)
         return changed, 0
 
     async def _watch(self) -> None:
