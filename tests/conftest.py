@@ -108,6 +108,35 @@ def bluewren_cli(*args: str, data_dir: Path | None = None) -> subprocess.Complet
     )
 
 
+def node_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any BLUEWREN_ variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEWREN_")}
+    env.update(extra)
+    return env
+
+
+def serve_process(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[str]:
+    """``python -m bluewren serve ARGS`` as a subprocess, stdout and stderr piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bluewren", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
+    )
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kills ``proc`` if it still runs, waits for it, and closes its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 15.0
 

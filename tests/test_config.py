@@ -13,8 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from bluewren.__main__ import main
 from bluewren.breaker import BreakerConfig
 from bluewren.node import NodeConfig
 from bluewren.node.settings import ConfigError, defaults_toml, field_help, load_config
+from conftest import node_env, reap, serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bluewren.toml"
@@ -301,14 +300,8 @@ def test_serve_reads_the_config_file_and_flags_override_it(tmp_path: Path) -> No
         tmp_path / "node.toml",
         f'port = 1\ndata_dir = "{data}"\nhello_timeout = 3.0\nshutdown_timeout = 2.0\n',
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEWREN_")}
-    env["BLUEWREN_METRICS_PORT"] = "0"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bluewren", "serve", "--config", str(path), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = serve_process(
+        "--config", str(path), "--port", "0", env=node_env(BLUEWREN_METRICS_PORT="0")
     )
     try:
         assert proc.stdout is not None
@@ -319,12 +312,7 @@ def test_serve_reads_the_config_file_and_flags_override_it(tmp_path: Path) -> No
         proc.terminate()
         assert proc.wait(timeout=20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)
 
 
 def test_token_command_reads_the_data_dir_from_the_config(

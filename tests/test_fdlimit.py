@@ -5,17 +5,16 @@ read from /proc/PID/limits."""
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bluewren.node.lifecycle import EXIT_CONFIG, FD_HEADROOM
+from conftest import node_env, reap, serve_process
 
 SECRET = "f" * 48
 TIMEOUT = 30.0
@@ -35,18 +34,12 @@ def _limits(soft: int, hard: int) -> Callable[[], None]:
 
 
 def _serve(tmp_path: Path, *sets: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEWREN_")}
-    env["BLUEWREN_TOKEN_SECRET"] = SECRET
-    args = [sys.executable, "-m", "bluewren", "serve", "--port", "0"]
-    args += ["--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "3"]
+    args = ["--port", "0", "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "3"]
     for item in sets:
         args += ["--set", item]
-    return subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    return serve_process(
+        *args,
+        env=node_env(BLUEWREN_TOKEN_SECRET=SECRET),
         preexec_fn=_limits(START_SOFT, HARD),
     )
 
@@ -64,16 +57,17 @@ def _run(tmp_path: Path, *sets: str) -> tuple[tuple[int, int], str]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert "listening on ws://" in line, (line, proc.stderr.read() if proc.stderr else "")
+        if "listening on ws://" not in line:
+            proc.kill()  # its stderr could not be read to the end while it runs
+            _, err = proc.communicate(timeout=TIMEOUT)
+            raise AssertionError(f"node did not start: {line!r} {err!r}")
         limits = _open_files(proc.pid)
         proc.terminate()
         _, err = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, err
         return limits, err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
 
 
 def test_soft_limit_is_raised_to_the_hard_limit_and_a_too_large_max_connections_warned(

@@ -30,6 +30,7 @@ from bluewren.auth import TokenIssuer
 from bluewren.client import Ack, Client, ConnectionLost
 from bluewren.node import Node, NodeConfig
 from bluewren.store import AppendResult, SQLiteStore, StoredMessage
+from conftest import reap
 
 SECRET = "r" * 48
 SENDERS = 5
@@ -99,13 +100,8 @@ class NodeProcess:
                 self.proc.wait(10)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
         if self.proc is not None:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
+            reap(self.proc)
 
 
 @pytest.fixture

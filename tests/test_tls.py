@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import os
 import re
 import shutil
 import ssl
@@ -24,6 +23,7 @@ import pytest
 from bluewren.client import Client, ConnectionLost
 from bluewren.node import Node, NodeConfig
 from bluewren.node.lifecycle import EXIT_CONFIG
+from conftest import node_env, reap, serve_process
 
 SECRET = "t" * 48
 TIMEOUT = 30.0
@@ -153,21 +153,13 @@ def test_client_refuses_ssl_with_a_ws_url() -> None:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEWREN_")}
-    env["BLUEWREN_TOKEN_SECRET"] = SECRET
-    return env
+    return node_env(BLUEWREN_TOKEN_SECRET=SECRET)
 
 
 def _serve(tmp_path: Path, cert: Path, key: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "bluewren", "serve", "--port", "0"),
-            *("--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "3"),
-            *("--set", f"tls_cert={cert}", "--set", f"tls_key={key}"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return serve_process(
+        *("--port", "0", "--data-dir", str(tmp_path / "data"), "--shutdown-timeout", "3"),
+        *("--set", f"tls_cert={cert}", "--set", f"tls_key={key}"),
         env=_env(),
     )
 
@@ -198,12 +190,7 @@ def test_serve_process_listens_on_wss(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)
 
 
 def _bad_case(tmp_path: Path, case: str) -> tuple[Path, Path, str, str]:
@@ -231,10 +218,39 @@ def _bad_case(tmp_path: Path, case: str) -> tuple[Path, Path, str, str]:
         return broken, key, f"tls_cert {broken}", "not a valid PEM certificate"
     if case == "key not PEM":
         return cert, cert, f"tls_key {cert}", "not a PEM private key"
+    if case == "key encrypted":
+        locked = tmp_path / "locked.key"
+        _encrypt_key(key, locked)
+        return cert, locked, f"tls_key {locked}", "the key is encrypted"
     if case == "key of another cert":
         _, other = make_cert(tmp_path, "other")
         return cert, other, f"tls_key {other}", "does not match the certificate"
     raise AssertionError(case)
+
+
+def _encrypt_key(key: Path, out: Path) -> None:
+    """``key`` encrypted with a passphrase, written to ``out`` (PEM)."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            pytest.skip("neither the cryptography package nor openssl is available")
+        command = [openssl, "pkey", "-in", str(key), "-out", str(out), "-aes256"]
+        subprocess.run(
+            [*command, "-passout", "pass:passphrase"],
+            check=True,
+            capture_output=True,
+        )
+        return
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    out.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
 
 
 BAD_CASES = [
@@ -245,6 +261,7 @@ BAD_CASES = [
     "cert is the key",
     "cert PEM but corrupt",
     "key not PEM",
+    "key encrypted",
     "key of another cert",
 ]
 

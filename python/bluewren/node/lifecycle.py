@@ -47,7 +47,6 @@ __all__ = [
     "EXIT_PORT_IN_USE",
     "EXIT_STARTUP",
     "FD_HEADROOM",
-    "FdLimit",
     "StartupError",
     "check_tls",
     "config_overrides",
@@ -114,23 +113,13 @@ def check_data_dir(config: NodeConfig) -> None:
         raise StartupError(f"data directory {path} is not writable")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FdLimit:
-    """What :func:`raise_fd_limit` did: the limits now, and the lines to report
-    (``notes``: what changed; ``warnings``: what the operator should fix)."""
-
-    soft: int
-    hard: int
-    notes: tuple[str, ...]
-    warnings: tuple[str, ...]
-
-
-def raise_fd_limit(config: NodeConfig) -> FdLimit:
+def raise_fd_limit(config: NodeConfig) -> list[str]:
     """Sets the soft RLIMIT_NOFILE to ``config.max_open_files``, or to the hard limit when
     that is None, and checks that ``max_connections`` plus :data:`FD_HEADROOM` fits.
     StartupError (:data:`EXIT_CONFIG`) if ``max_open_files`` is above the hard limit.
-    :func:`serve` prints the result on stderr once the node listens (a start that fails
-    stays one line)."""
+    Returns the lines to report, what changed first, then what the operator should fix:
+    :func:`serve` prints them on stderr once the node listens (a start that fails stays
+    one line)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -172,7 +161,7 @@ def raise_fd_limit(config: NodeConfig) -> FdLimit:
             f"past about {max(0, soft - FD_HEADROOM)} will fail (too many open files); "
             "raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower max_connections"
         )
-    return FdLimit(soft, hard, tuple(notes), tuple(warnings))
+    return notes + warnings
 
 
 def check_tls(config: NodeConfig) -> None:
@@ -188,8 +177,8 @@ def check_tls(config: NodeConfig) -> None:
 
 
 async def start_node(config: NodeConfig) -> Node:
-    """A started node; StartupError with a one-line reason if it cannot start."""
-    check_tls(config)
+    """A started node; StartupError with a one-line reason if it cannot start (the TLS
+    files are checked before, by :func:`check_tls`)."""
     check_data_dir(config)
     node = Node(config)
     try:
@@ -260,7 +249,7 @@ async def serve(
             loop.add_signal_handler(sig, on_signal)
     try:
         check_tls(config)  # a configuration error first, before anything is touched
-        fd_limit = raise_fd_limit(config)
+        fd_lines = raise_fd_limit(config)
         node = await start_node(config)
     except StartupError as exc:
         print(f"bluewren: {exc}", file=sys.stderr, flush=True)
@@ -274,7 +263,7 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        for line in (*fd_limit.notes, *fd_limit.warnings):
+        for line in fd_lines:
             print(line, file=sys.stderr, flush=True)
         print(f"bluewren node listening on {node.url}", flush=True)
         if config.tcp_port is not None:
