@@ -230,7 +230,6 @@ def _data_parsers(sub: Any) -> None:
 
 
 def _data_command(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from bluewren import ops
@@ -251,9 +250,9 @@ def _data_command(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         elif args.command == "users":
-            return _users_command(args, database)
-        elif args.command == "groups" and args.action not in ("list", "show"):
-            return _groups_command(args, database, config.max_group_members)
+            _users_command(args, database)
+        elif args.command == "groups":
+            _groups_command(args, database, config.max_group_members)
         elif args.command == "export":
             out = Path(args.out) if args.out is not None else None
             n = ops.export(database, args.user, out)
@@ -268,67 +267,57 @@ def _data_command(args: argparse.Namespace) -> int:
                 return ops.EXIT_USAGE
             counts = ops.erase(database, args.user)
             print(f"erased {args.user}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        elif args.action == "list":
-            for conv, title, members, last in ops.groups_list(database):
-                print(f"{conv}\t{members} members\tseq {last}\t{title}")
-        else:
-            print(json.dumps(ops.groups_show(database, args.conv), indent=2))
     except ops.OpsError as exc:
         print(f"bluewren: {exc}", file=sys.stderr)
         return exc.status
     return ops.EXIT_OK
 
 
-def _users_command(args: argparse.Namespace, database: Any) -> int:
+def _users_command(args: argparse.Namespace, database: Any) -> None:
+    """``users ACTION`` (OpsError to the caller)."""
     import json
 
     from bluewren import ops
 
-    try:
-        if args.action == "list":
-            for user, convs, sent, disabled in ops.users_list(database):
-                flag = "\tdisabled" if disabled else ""
-                print(f"{user}\t{convs} conversations\t{sent} messages{flag}")
-        elif args.action == "show":
-            print(json.dumps(ops.users_show(database, args.user), indent=2))
-        elif args.action == "disable":
-            changed = ops.users_set_disabled(
-                database, args.user, True, args.reason, force=args.force
-            )
-            print(f"disabled {args.user}" if changed else f"{args.user} was already disabled")
-        else:
-            changed = ops.users_set_disabled(database, args.user, False)
-            print(f"enabled {args.user}" if changed else f"{args.user} was not disabled")
-    except ops.OpsError as exc:
-        print(f"bluewren: {exc}", file=sys.stderr)
-        return exc.status
-    return ops.EXIT_OK
+    if args.action == "list":
+        for user, convs, sent, disabled in ops.users_list(database):
+            flag = "\tdisabled" if disabled else ""
+            print(f"{user}\t{convs} conversations\t{sent} messages{flag}")
+    elif args.action == "show":
+        print(json.dumps(ops.users_show(database, args.user), indent=2))
+    elif args.action == "disable":
+        changed = ops.users_set_disabled(database, args.user, True, args.reason, force=args.force)
+        print(f"disabled {args.user}" if changed else f"{args.user} was already disabled")
+    else:
+        changed = ops.users_set_disabled(database, args.user, False)
+        print(f"enabled {args.user}" if changed else f"{args.user} was not disabled")
 
 
-def _groups_command(args: argparse.Namespace, database: Any, max_members: int) -> int:
+def _groups_command(args: argparse.Namespace, database: Any, max_members: int) -> None:
+    """``groups ACTION`` (OpsError to the caller)."""
     import json
 
     from bluewren import ops
 
-    try:
-        if args.action == "create":
-            group = ops.groups_create(database, args.title, args.owner, args.member, max_members)
-            print(json.dumps(group, indent=2))
-        elif args.action == "add":
-            added, present = ops.groups_add(database, args.conv, args.users, args.role, max_members)
-            print(f"group {args.conv}: added {len(added)} ({', '.join(added) or '-'})")
-            if present:
-                print(f"already members: {', '.join(present)}")
-        elif args.action == "remove":
-            removed = ops.groups_remove(database, args.conv, args.users)
-            print(f"group {args.conv}: removed {len(removed)} ({', '.join(removed)})")
-        else:
-            old = ops.groups_rename(database, args.conv, args.title)
-            print(f"group {args.conv}: renamed from {old!r} to {args.title!r}")
-    except ops.OpsError as exc:
-        print(f"bluewren: {exc}", file=sys.stderr)
-        return exc.status
-    return ops.EXIT_OK
+    if args.action == "list":
+        for conv, title, members, last in ops.groups_list(database):
+            print(f"{conv}\t{members} members\tseq {last}\t{title}")
+    elif args.action == "show":
+        print(json.dumps(ops.groups_show(database, args.conv), indent=2))
+    elif args.action == "create":
+        group = ops.groups_create(database, args.title, args.owner, args.member, max_members)
+        print(json.dumps(group, indent=2))
+    elif args.action == "add":
+        added, present = ops.groups_add(database, args.conv, args.users, args.role, max_members)
+        print(f"group {args.conv}: added {len(added)} ({', '.join(added) or '-'})")
+        if present:
+            print(f"already members: {', '.join(present)}")
+    elif args.action == "remove":
+        removed = ops.groups_remove(database, args.conv, args.users)
+        print(f"group {args.conv}: removed {len(removed)} ({', '.join(removed)})")
+    else:
+        old = ops.groups_rename(database, args.conv, args.title)
+        print(f"group {args.conv}: renamed from {old!r} to {args.title!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
 from bluewren.errors import BlueWrenError, ConversationNotFoundError
+from bluewren.store import Conversation, Member
 from bluewren.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -131,8 +132,9 @@ def _open_store(database: Path, use: Callable[[SQLiteStore], Awaitable[T]]) -> T
     return asyncio.run(run())
 
 
-def _query(database: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Rows of a read-only query on the store file (opened read-only)."""
+def _read(database: Path, *queries: tuple[str, tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each ``(sql, args)`` query, read from the store file opened read-only
+    (one connection, one snapshot)."""
     if not database.is_file():
         raise OpsError(f"no store at {database}: check --data-dir or --config")
     try:
@@ -140,11 +142,37 @@ def _query(database: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[A
     except sqlite3.Error as exc:
         raise OpsError(f"cannot open {database}: {exc}") from None
     try:
-        return conn.execute(sql, args).fetchall()
+        with conn:  # one read transaction: the queries see the same state
+            conn.execute("BEGIN")
+            return [conn.execute(sql, args).fetchall() for sql, args in queries]
     except sqlite3.Error as exc:
         raise OpsError(f"cannot read {database}: {exc}") from None
     finally:
         conn.close()
+
+
+def _query(database: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of one read-only query on the store file (see :func:`_read`)."""
+    return _read(database, (sql, args))[0]
+
+
+def _user_rows(database: Path, user: str) -> tuple[list[tuple[Any, ...]], int, list[str], int]:
+    """What the store holds about ``user``, without the messages themselves:
+    (memberships as (conv, kind, title, role, joined_seq), messages sent, devices with a
+    cursor, read marks)."""
+    memberships, sent, devices, marks = _read(
+        database,
+        (
+            "SELECT members.conv, conversations.kind, conversations.title, members.role, "
+            "members.joined_seq FROM members JOIN conversations "
+            "ON conversations.id = members.conv WHERE members.user = ? ORDER BY members.conv",
+            (user,),
+        ),
+        ("SELECT COUNT(*) FROM messages WHERE sender = ?", (user,)),
+        ("SELECT DISTINCT device FROM cursors WHERE user = ? ORDER BY device", (user,)),
+        ("SELECT COUNT(*) FROM read_marks WHERE user = ?", (user,)),
+    )
+    return memberships, int(sent[0][0]), [d for (d,) in devices], int(marks[0][0])
 
 
 def _has_data(data: dict[str, Any]) -> bool:
@@ -250,21 +278,8 @@ def groups_show(database: Path, conv: int) -> dict[str, Any]:
     """One conversation: id, kind, title, created_at, last_seq and its members."""
 
     async def run(store: SQLiteStore) -> dict[str, Any]:
-        try:
-            c = await store.conversation(conv)
-        except ConversationNotFoundError:
-            raise OpsError(f"no conversation {conv}", EXIT_NOT_FOUND) from None
-        members = await store.members(conv)
-        return {
-            "conv": c.id,
-            "kind": c.kind,
-            "title": c.title,
-            "created_at": c.created_at,
-            "last_seq": await store.last_seq(conv),
-            "members": [
-                {"user": m.user, "role": m.role, "joined_seq": m.joined_seq} for m in members
-            ],
-        }
+        c = await _conversation_or_fail(store, conv)
+        return _group_description(c, await store.members(conv), await store.last_seq(conv))
 
     return _open_store(database, run)
 
@@ -300,11 +315,11 @@ class ImportResult:
         )
 
 
-def _bad(where: str, reason: str) -> OpsError:
+def _bad(where: object, reason: str) -> OpsError:
     return OpsError(f"{where}: {reason}", EXIT_USAGE)
 
 
-def _int_field(item: dict[str, Any], key: str, where: str, low: int, high: int) -> int:
+def _int_field(item: dict[str, Any], key: str, where: object, low: int, high: int) -> int:
     if key not in item:
         raise _bad(where, f"missing key {key!r}")
     value = item[key]
@@ -313,7 +328,7 @@ def _int_field(item: dict[str, Any], key: str, where: str, low: int, high: int) 
     return value
 
 
-def _str_field(item: dict[str, Any], key: str, where: str, *, empty: bool = True) -> str:
+def _str_field(item: dict[str, Any], key: str, where: object, *, empty: bool = True) -> str:
     if key not in item:
         raise _bad(where, f"missing key {key!r}")
     value = item[key]
@@ -336,7 +351,10 @@ class _Located:
                 self.first_message = number + 1  # index of messages[0]'s line
                 break
 
-    def __call__(self, key: str, index: int, item: object) -> str:
+    def __call__(self, key: str, index: int, item: object) -> _Where:
+        return _Where(self, key, index, item)
+
+    def describe(self, key: str, index: int, item: object) -> str:
         where = f"{self.name}: {key}[{index}]"
         if key != "messages" or self.first_message is None:
             return where
@@ -349,6 +367,20 @@ class _Located:
             if same:
                 return f"{where} (line {number + 1})"
         return where
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """An element of the export, named (and its line looked up) only when an error
+    message prints it: a good file is not parsed twice."""
+
+    located: _Located
+    key: str
+    index: int
+    item: object
+
+    def __str__(self) -> str:
+        return self.located.describe(self.key, self.index, self.item)
 
 
 _ID_MAX: Final = (1 << 63) - 1
@@ -433,7 +465,7 @@ def read_export(path: Path) -> dict[str, Any]:
             )
         body = _str_field(msg, "body_base64", where)
         try:
-            msg["body"] = base64.b64decode(body, validate=True)
+            decoded = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise _bad(where, "body_base64 is not valid base64") from None
         if (conv, seq) in seqs:
@@ -442,6 +474,7 @@ def read_export(path: Path) -> dict[str, Any]:
         if cmid and (conv, cmid) in cmids:
             raise _bad(where, f"a second message with cmid {cmid} in conversation {conv}")
         cmids.add((conv, cmid))
+        msg["body"] = decoded  # last: an error above names the element as it is in the file
     for i, c in enumerate(data["cursors"]):
         where = at("cursors", i, c)
         if not isinstance(c, dict):
@@ -613,11 +646,12 @@ def _import(
             # A conversation the import created ends at the highest seq the export
             # mentions, so that every cursor and read mark points inside it.
             end = max(end, refs[conv])
-        conn.execute(
-            "UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ?", (end, conv)
-        )
         last[conv] = int(
-            conn.execute("SELECT last_seq FROM conversations WHERE id = ?", (conv,)).fetchone()[0]
+            conn.execute(
+                "UPDATE conversations SET last_seq = MAX(last_seq, ?) WHERE id = ? "
+                "RETURNING last_seq",
+                (end, conv),
+            ).fetchone()[0]
         )
     for conv, m in memberships.items():
         if conv not in last:
@@ -662,25 +696,22 @@ def _import(
 def users_show(database: Path, user: str) -> dict[str, Any]:
     """One user: disabled or not, conversations (with role), messages sent, devices."""
 
-    async def run(store: SQLiteStore) -> dict[str, Any]:
-        data = await store.export_user(user)
-        disabled = await store.disabled_users()
-        if not _has_data(data) and user not in disabled:
-            raise OpsError(f"no such user {user!r}: nothing stored about them", EXIT_NOT_FOUND)
-        return {
-            "user": user,
-            "disabled": user in disabled,
-            "disabled_reason": disabled.get(user),
-            "conversations": [
-                {k: m[k] for k in ("conv", "kind", "title", "role", "joined_seq")}
-                for m in data["memberships"]
-            ],
-            "messages_sent": len(data["messages"]),
-            "devices": sorted({c["device"] for c in data["cursors"]}),
-            "read_marks": len(data["read_marks"]),
-        }
-
-    return _open_store(database, run)
+    disabled = _open_store(database, lambda store: store.disabled_users())  # (migrates)
+    memberships, sent, devices, marks = _user_rows(database, user)
+    if not (memberships or sent or devices or marks) and user not in disabled:
+        raise OpsError(f"no such user {user!r}: nothing stored about them", EXIT_NOT_FOUND)
+    return {
+        "user": user,
+        "disabled": user in disabled,
+        "disabled_reason": disabled.get(user),
+        "conversations": [
+            {"conv": c, "kind": k, "title": t, "role": r, "joined_seq": j}
+            for c, k, t, r, j in memberships
+        ],
+        "messages_sent": sent,
+        "devices": devices,
+        "read_marks": marks,
+    }
 
 
 def users_set_disabled(
@@ -692,9 +723,8 @@ def users_set_disabled(
     disable an id before its first connection)."""
 
     async def run(store: SQLiteStore) -> bool:
-        known = await store.export_user(user)
         listed = user in await store.disabled_users()
-        if not force and not listed and not _has_data(known):
+        if not force and not listed and not any(_user_rows(database, user)):
             hint = " (add --force to disable an id not seen yet)" if disabled else ""
             raise OpsError(
                 f"no such user {user!r}: nothing stored about them{hint}", EXIT_NOT_FOUND
@@ -704,11 +734,15 @@ def users_set_disabled(
     return _open_store(database, run)
 
 
-async def _group_or_fail(store: SQLiteStore, conv: int) -> Any:
+async def _conversation_or_fail(store: SQLiteStore, conv: int) -> Conversation:
     try:
-        found = await store.conversation(conv)
+        return await store.conversation(conv)
     except ConversationNotFoundError:
         raise OpsError(f"no conversation {conv}", EXIT_NOT_FOUND) from None
+
+
+async def _group_or_fail(store: SQLiteStore, conv: int) -> Conversation:
+    found = await _conversation_or_fail(store, conv)
     if found.kind != "group":
         raise OpsError(
             f"conversation {conv} is a {found.kind} conversation, not a group", EXIT_USAGE
@@ -743,7 +777,8 @@ def groups_create(
     return _open_store(database, run)
 
 
-def _group_description(group: Any, members: list[Any], last_seq: int) -> dict[str, Any]:
+def _group_description(group: Conversation, members: list[Member], last_seq: int) -> dict[str, Any]:
+    """A conversation as ``groups show`` and the changing group commands print it."""
     return {
         "conv": group.id,
         "kind": group.kind,
