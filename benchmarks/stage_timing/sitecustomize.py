@@ -9,7 +9,8 @@ write that went through a group commit: the time it waited in the queue (queued 
 its batch's commit began), the commit (on the writer thread), and the hop back (commit
 done until the loop resolved the batch: loop scheduling delay), with the batch's size.
 A process that stored something writes them at exit to
-``/tmp/bluewren-stages-PID.json``. The bookkeeping costs the node about 15% of its peak.
+``/tmp/bluewren-stages-PID.json``. The bookkeeping costs the node 16-20% of its peak
+(benchmarks/results/node.md, "Where the half-rate ack latency goes").
 """
 
 from __future__ import annotations

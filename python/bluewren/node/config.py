@@ -154,7 +154,7 @@ class NodeConfig:
     gc_threshold: int = 50_000
     """``bluewren serve`` only: allocations between two young-generation passes of
     Python's cyclic garbage collector (Python's default is 700); the objects alive at
-    start are frozen out of every pass. Fewer, cheaper passes: about 15% more durable
+    start are frozen out of every pass. Fewer, cheaper passes: about 20% more durable
     acks/s and a quarter off the half-rate p99 (benchmarks/results/node.md). 0: leave
     the collector as Python sets it."""
 
