@@ -89,22 +89,12 @@ impl Server {
 
     /// Writes `peer.out` until done or the socket is full; false on error.
     fn flush(peer: &mut Peer) -> bool {
-        while peer.out_pos < peer.out.len() {
-            match (&peer.stream).write(&peer.out[peer.out_pos..]) {
-                Ok(0) => return false,
-                Ok(n) => peer.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        peer.out.clear();
-        peer.out_pos = 0;
-        true
+        sys::flush_out(&peer.stream, &mut peer.out, &mut peer.out_pos).is_ok()
     }
 
     /// Sends `self.frame` to peer `q` with one write() (or queues it behind
-    /// bytes already waiting); false if `q` must be dropped.
+    /// bytes already waiting); false if `q` must be dropped (an error, or
+    /// more than `max_outbox` bytes would wait).
     fn send_to(peer: &mut Peer, frame: &[u8], max_outbox: usize) -> bool {
         if peer.out_pos < peer.out.len() {
             if peer.out.len() - peer.out_pos + frame.len() > max_outbox {
@@ -113,19 +103,17 @@ impl Server {
             peer.out.extend_from_slice(frame);
             return true;
         }
+        // A full flush leaves `out` empty (sys::flush_out clears it).
+        debug_assert!(peer.out.is_empty() && peer.out_pos == 0);
         loop {
             match (&peer.stream).write(frame) {
                 Ok(n) if n == frame.len() => return true,
                 Ok(0) => return false,
                 Ok(n) => {
-                    peer.out.clear();
-                    peer.out_pos = 0;
                     peer.out.extend_from_slice(&frame[n..]);
-                    return true;
+                    return frame.len() - n <= max_outbox;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    peer.out.clear();
-                    peer.out_pos = 0;
                     peer.out.extend_from_slice(frame);
                     return frame.len() <= max_outbox;
                 }
@@ -186,11 +174,12 @@ impl Server {
             return self.close(p);
         }
         if bits & (READABLE | HANGUP) != 0 {
-            self.read(p);
+            self.read(p, bits);
         }
     }
 
-    fn read(&mut self, p: usize) {
+    /// Reads peer `p` until the socket is drained; `bits` are the event's.
+    fn read(&mut self, p: usize, bits: u32) {
         loop {
             let Some(peer) = self.peers[p].as_mut() else {
                 return;
@@ -244,7 +233,13 @@ impl Server {
                 Ok(0) => return self.close(p),
                 Ok(n) => {
                     peer.dec.commit(n);
-                    if !self.process(p) || n < want {
+                    if !self.process(p) {
+                        return;
+                    }
+                    // A short read drained the socket; with edge triggering,
+                    // later bytes raise a new event. A hang-up that came
+                    // with the data raises none: read on to the EOF.
+                    if n < want && bits & HANGUP == 0 {
                         return;
                     }
                 }

@@ -180,8 +180,6 @@ struct Conn {
     /// `seq` seen in it, confirmed with CURSOR at the end so that the next
     /// run's SYNC replays nothing.
     cursor: (u64, u64),
-    /// Index into the senders if this connection sends.
-    sender: Option<u32>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -201,14 +199,16 @@ struct Sender {
     limit: u32,
     slots: Vec<Slot>,
     mask: u32,
+    /// Messages owed and not yet emitted; the sender is in `Ctx::dirty`
+    /// exactly while this is not 0.
     owed: u32,
-    dirty: bool,
     /// BlueWren: SENDs not yet acknowledged.
     unacked: u32,
     /// Open loop: sends scheduled so far (sent or skipped).
     scheduled: u64,
 }
 
+#[derive(Default)]
 struct Counters {
     sent: u64,
     completed: u64,
@@ -297,13 +297,21 @@ impl Ctx {
                 self.n.completed += 1;
             }
             if self.sending && self.closed_loop {
-                s.owed += 1;
-                if !s.dirty {
-                    s.dirty = true;
-                    self.dirty.push(st.sender);
-                }
+                self.owe(st.sender as usize, 1);
             }
         }
+    }
+
+    /// Sender `si` owes `k` more messages (emitted by the next `emit_owed`).
+    fn owe(&mut self, si: usize, k: u32) {
+        let s = &mut self.senders[si];
+        if k == 0 {
+            return;
+        }
+        if s.owed == 0 {
+            self.dirty.push(si as u32);
+        }
+        s.owed = s.owed.saturating_add(k);
     }
 }
 
@@ -374,18 +382,7 @@ fn advance(cursor: &mut (u64, u64), conv: u64, seq: u64) {
 
 /// Writes what `out` holds until done or the socket is full.
 fn flush(c: &mut Conn) -> io::Result<()> {
-    while c.out_pos < c.out.len() {
-        match (&c.stream).write(&c.out[c.out_pos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => c.out_pos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    c.out.clear();
-    c.out_pos = 0;
-    Ok(())
+    sys::flush_out(&c.stream, &mut c.out, &mut c.out_pos)
 }
 
 /// Messages sender `si` of `n` owes `elapsed` seconds into an open-loop run at
@@ -393,6 +390,16 @@ fn flush(c: &mut Conn) -> io::Result<()> {
 /// period, so that `n` senders offer an even stream rather than bursts of `n`.
 fn paced_due(elapsed: f64, rate: f64, si: usize, n: usize) -> u64 {
     (elapsed * rate + si as f64 / n.max(1) as f64) as u64
+}
+
+/// When message `index` (0-based) of sender `si` of `n` falls due in an
+/// open-loop run at `rate` messages/s each that started at `t0_ns`: the
+/// first time at which [`paced_due`] exceeds `index`, i.e.
+/// `t0 + (index + 1 - si/n) / rate`. Open-loop messages are stamped with
+/// it, so that a generator falling behind its schedule shows in latency.
+fn paced_due_ns(t0_ns: u64, rate: f64, index: u64, si: usize, n: usize) -> u64 {
+    let periods = (index + 1) as f64 - si as f64 / n.max(1) as f64;
+    t0_ns + (periods / rate * 1e9) as u64
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -417,14 +424,21 @@ struct Gen<'a> {
     failed: usize,
     /// Ready connections lost later.
     dropped: usize,
-    in_setup: usize,
     /// Per connection, its index among the senders.
     sender_of: Vec<Option<u32>>,
+    /// Open loop, once sending: when the schedule started (ns since
+    /// `start`) and each sender's rate (messages/s).
+    pace: Option<(u64, f64)>,
 }
 
 impl<'a> Gen<'a> {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Connections launched and neither ready nor failed yet.
+    fn in_setup(&self) -> usize {
+        self.launched - self.ready - self.failed
     }
 
     fn close(&mut self, i: usize, cause: Cause, text: impl FnOnce() -> String) {
@@ -437,7 +451,6 @@ impl<'a> Gen<'a> {
             self.dropped += 1;
         } else {
             self.failed += 1;
-            self.in_setup -= 1;
         }
         self.ctx.count(cause);
         let st = c.st;
@@ -450,12 +463,10 @@ impl<'a> Gen<'a> {
         let src = (!plan.sources.is_empty()).then(|| plan.sources[i % plan.sources.len()]);
         let server = plan.server.expect("validated plan has a server address");
         self.launched += 1;
-        self.in_setup += 1;
         let stream = match sys::connect_nonblocking(src, server) {
             Ok(s) => s,
             Err(e) => {
                 self.failed += 1;
-                self.in_setup -= 1;
                 self.ctx.count(connect_cause(&e));
                 self.ctx
                     .note(|| format!("connection {i}: connect from {src:?}: {e}"));
@@ -468,7 +479,6 @@ impl<'a> Gen<'a> {
             i as u64,
         ) {
             self.failed += 1;
-            self.in_setup -= 1;
             self.ctx.count(Cause::Io);
             self.ctx.note(|| format!("connection {i}: epoll: {e}"));
             return;
@@ -494,7 +504,6 @@ impl<'a> Gen<'a> {
             out_pos: 0,
             mask: (r as u32 | 1).to_le_bytes(),
             cursor: (0, 0),
-            sender: self.sender_of[i],
         });
     }
 
@@ -532,13 +541,8 @@ impl<'a> Gen<'a> {
             let host = plan.server.map(|s| s.to_string()).unwrap_or_default();
             ws::write_client_request(&mut c.out, &host, &path, &c.key, protocols);
         }
-        if bits & WRITABLE != 0 {
-            if let Err(e) = flush(c) {
-                return self.close(i, Cause::Io, || format!("write: {e}"));
-            }
-        }
         if bits & (READABLE | HANGUP) != 0 {
-            self.read(i);
+            self.read(i, bits);
         }
         if let Some(c) = self.conns[i].as_mut() {
             if !c.out.is_empty() {
@@ -549,8 +553,9 @@ impl<'a> Gen<'a> {
         }
     }
 
-    /// Reads connection `i` until the socket is drained.
-    fn read(&mut self, i: usize) {
+    /// Reads connection `i` until the socket is drained; `bits` are the
+    /// event's.
+    fn read(&mut self, i: usize, bits: u32) {
         let chunk = self.chunk;
         loop {
             let Some(c) = self.conns[i].as_mut() else {
@@ -616,9 +621,13 @@ impl<'a> Gen<'a> {
                 Ok(n) => {
                     c.dec.commit(n);
                     let now = self.now_ns();
-                    if !self.process(i, now) || n < want {
-                        // A short read drained the socket; with edge
-                        // triggering, later bytes raise a new event.
+                    if !self.process(i, now) {
+                        return;
+                    }
+                    // A short read drained the socket; with edge triggering,
+                    // later bytes raise a new event. A hang-up that came
+                    // with the data raises none: read on to the EOF.
+                    if n < want && bits & HANGUP == 0 {
                         return;
                     }
                 }
@@ -632,6 +641,7 @@ impl<'a> Gen<'a> {
     /// Handles every complete WebSocket message of connection `i`; false if
     /// the connection was closed.
     fn process(&mut self, i: usize, now: u64) -> bool {
+        let sender = self.sender_of[i];
         let Some(c) = self.conns[i].as_mut() else {
             return false;
         };
@@ -641,7 +651,6 @@ impl<'a> Gen<'a> {
             st,
             mask,
             cursor,
-            sender,
             ..
         } = c;
         let ctx = &mut self.ctx;
@@ -741,20 +750,30 @@ impl<'a> Gen<'a> {
     }
 
     /// Emits what every dirty sender owes and flushes its connection.
+    /// Closed loop: each message is stamped with the time it is written;
+    /// open loop: with the time it fell due (see [`paced_due_ns`]).
     fn emit_owed(&mut self) {
-        let now = self.now_ns();
         let dirty = std::mem::take(&mut self.ctx.dirty);
+        let n_senders = self.ctx.senders.len();
         for &si in &dirty {
+            let now = self.now_ns();
             let s = &mut self.ctx.senders[si as usize];
-            s.dirty = false;
             let owed = std::mem::take(&mut s.owed);
             let Some(c) = self.conns[s.conn].as_mut() else {
                 continue;
             };
-            for _ in 0..owed {
+            // Open loop: the owed messages are the last `owed` scheduled
+            // (closed loop schedules nothing).
+            let first_index = match self.pace {
+                Some(_) => s.scheduled - u64::from(owed),
+                None => 0,
+            };
+            for k in 0..owed {
                 if s.outstanding >= s.limit || s.next_seq == u32::MAX {
-                    self.ctx.n.skipped += 1;
-                    continue;
+                    if self.ctx.in_window {
+                        self.ctx.n.skipped += u64::from(owed - k);
+                    }
+                    break;
                 }
                 let seq = s.next_seq;
                 s.next_seq += 1;
@@ -775,8 +794,18 @@ impl<'a> Gen<'a> {
                 if self.ctx.in_window {
                     self.ctx.n.sent += 1;
                 }
+                let sent_ns = match self.pace {
+                    Some((t0_ns, rate)) => paced_due_ns(
+                        t0_ns,
+                        rate,
+                        first_index + u64::from(k),
+                        si as usize,
+                        n_senders,
+                    ),
+                    None => now,
+                };
                 let stamp = Stamp {
-                    sent_ns: now,
+                    sent_ns,
                     sender: si,
                     seq,
                 };
@@ -801,15 +830,6 @@ impl<'a> Gen<'a> {
         self.ctx.dirty.clear();
     }
 
-    fn owe(&mut self, si: usize, k: u32) {
-        let s = &mut self.ctx.senders[si];
-        s.owed += k;
-        if !s.dirty {
-            s.dirty = true;
-            self.ctx.dirty.push(si as u32);
-        }
-    }
-
     /// One wait and its events; returns after at most `timeout_ms`.
     fn pass(&mut self, timeout_ms: i32) -> io::Result<()> {
         let mut events = std::mem::take(&mut self.events);
@@ -820,7 +840,6 @@ impl<'a> Gen<'a> {
         self.events = events;
         let newly = std::mem::take(&mut self.ctx.newly_ready);
         self.ready += newly;
-        self.in_setup -= newly;
         self.emit_owed();
         Ok(())
     }
@@ -862,7 +881,7 @@ impl<'a> Gen<'a> {
         let deadline = t0 + Duration::from_secs_f64(self.plan.connect_timeout_s);
         let n = self.plan.connections.len();
         while self.ready + self.failed < n {
-            while self.launched < n && self.in_setup < self.plan.connect_burst {
+            while self.launched < n && self.in_setup() < self.plan.connect_burst {
                 self.launch(self.launched);
             }
             if Instant::now() >= deadline {
@@ -928,7 +947,6 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
                 slots: vec![Slot::default(); cap],
                 mask: (cap - 1) as u32,
                 owed: 0,
-                dirty: false,
                 scheduled: 0,
             }
         })
@@ -948,16 +966,7 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
             sending: false,
             closed_loop,
             newly_ready: 0,
-            n: Counters {
-                sent: 0,
-                completed: 0,
-                deliveries: 0,
-                extra: 0,
-                abandoned: 0,
-                skipped: 0,
-                acks: 0,
-                replayed: 0,
-            },
+            n: Counters::default(),
             errors: Errors::default(),
             first_error: None,
             body: (0..plan.message_bytes)
@@ -973,7 +982,6 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
         ready: 0,
         failed: 0,
         dropped: 0,
-        in_setup: 0,
         sender_of: {
             let mut v = vec![None; n];
             for (si, &ci) in senders_idx.iter().enumerate() {
@@ -981,6 +989,7 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
             }
             v
         },
+        pace: None,
     };
     if limit < n as u64 + 16 {
         eprintln!(
@@ -1001,8 +1010,11 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
     g.ctx.sending = true;
     if closed_loop {
         for si in 0..g.ctx.senders.len() {
-            g.owe(si, plan.in_flight);
+            g.ctx.owe(si, plan.in_flight);
         }
+    } else {
+        let t0_ns = t_send.duration_since(start).as_nanos() as u64;
+        g.pace = Some((t0_ns, per_sender_rate));
     }
     let warm_end = t_send + Duration::from_secs_f64(plan.warmup_s);
     let window_end = warm_end + Duration::from_secs_f64(plan.duration_s);
@@ -1032,8 +1044,8 @@ pub fn run(plan: &Plan, start: Instant, ready_out: &mut dyn Write) -> io::Result
                 let s = &mut g.ctx.senders[si];
                 if due > s.scheduled {
                     let k = (due - s.scheduled).min(u64::from(u32::MAX)) as u32;
-                    s.scheduled = due;
-                    g.owe(si, k);
+                    s.scheduled += u64::from(k);
+                    g.ctx.owe(si, k);
                 }
             }
             g.emit_owed();
@@ -1220,13 +1232,12 @@ fn idle(mut g: Gen<'_>, connect_s: f64, ready_out: &mut dyn Write) -> io::Result
         "error_counts": counts.errors,
         "first_error": counts.first,
     });
-    drop(g);
     Ok(Outcome { result, failure })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::paced_due;
+    use super::{paced_due, paced_due_ns};
 
     #[test]
     fn paced_senders_are_staggered_evenly() {
@@ -1260,5 +1271,33 @@ mod tests {
         assert_eq!(paced_due(0.0099, 100.0, 0, 1), 0);
         assert_eq!(paced_due(0.0101, 100.0, 0, 1), 1);
         assert_eq!(paced_due(1.0, 100.0, 0, 1), 100);
+    }
+
+    #[test]
+    fn due_time_is_when_the_schedule_owes_the_message() {
+        // One sender at 100 msg/s from t0 = 5 ms: message i falls due at
+        // 5 ms + (i + 1) x 10 ms.
+        assert_eq!(paced_due_ns(5_000_000, 100.0, 0, 0, 1), 15_000_000);
+        assert_eq!(paced_due_ns(5_000_000, 100.0, 9, 0, 1), 105_000_000);
+        // Sender 3 of 4 is staggered 3/4 of a period earlier: 2.5 ms.
+        assert_eq!(paced_due_ns(0, 100.0, 0, 3, 4), 2_500_000);
+        assert_eq!(paced_due_ns(0, 100.0, 1, 3, 4), 12_500_000);
+        // Consistent with paced_due: just before its due time a message is
+        // not owed yet, at its due time (+1 ns of rounding) it is.
+        for (rate, si, n) in [(100.0, 0, 1), (2000.0, 1, 3), (333.3, 6, 7)] {
+            for index in [0u64, 1, 2, 17, 1000] {
+                let due_s = paced_due_ns(0, rate, index, si, n) as f64 * 1e-9;
+                assert_eq!(
+                    paced_due(due_s - 1e-6, rate, si, n),
+                    index,
+                    "{rate} {si} {index}"
+                );
+                assert_eq!(
+                    paced_due(due_s + 1e-9, rate, si, n),
+                    index + 1,
+                    "{rate} {si} {index}"
+                );
+            }
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The few Linux calls std does not offer: epoll, a nonblocking socket bound
 //! to a source address before `connect`, CPU time, the fd limit and a
-//! signalfd. Every `unsafe` block is one FFI call on values this module owns.
+//! signalfd; and the write loop of a nonblocking socket's output buffer.
+//! Every `unsafe` block is one FFI call on values this module owns.
 
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -35,10 +36,7 @@ impl Epoll {
     /// A new epoll instance returning at most `capacity` events per wait.
     pub fn new(capacity: usize) -> io::Result<Self> {
         // SAFETY: plain syscall; the returned fd is owned below.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let events = vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)];
@@ -51,9 +49,7 @@ impl Epoll {
             u64: token,
         };
         // SAFETY: `ev` lives across the call; the kernel copies it.
-        if unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) })?;
         Ok(())
     }
 
@@ -98,6 +94,29 @@ impl Epoll {
     }
 }
 
+/// `Err(errno)` for a negative return code of a libc call, else the code.
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A new nonblocking, close-on-exec TCP socket of `addr`'s family.
+fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: plain syscall; the fd is owned right below.
+    let fd = cvt(unsafe { libc::socket(family, flags, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -137,43 +156,42 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// if given. `Ok` means connected or in progress: wait for writability, then
 /// check [`TcpStream::take_error`].
 pub fn connect_nonblocking(src: Option<SocketAddr>, dst: SocketAddr) -> io::Result<TcpStream> {
-    let family = if dst.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain syscall; the fd is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let fd = tcp_socket(&dst)?;
+    let raw = fd.as_raw_fd();
+    let stream = TcpStream::from(fd);
     if let Some(src) = src {
         let (sa, len) = sockaddr(&src);
         // SAFETY: `sa` is a valid address of `len` bytes for this socket's family.
-        let rc = unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        cvt(unsafe { libc::bind(raw, (&sa as *const libc::sockaddr_storage).cast(), len) })?;
     }
     let (sa, len) = sockaddr(&dst);
     // SAFETY: as for bind.
-    let rc = unsafe { libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
+    let rc = unsafe { libc::connect(raw, (&sa as *const libc::sockaddr_storage).cast(), len) };
+    if let Err(err) = cvt(rc) {
         if err.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(err);
         }
     }
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Writes `out[*pos..]` to `stream` until done or the socket is full. Once
+/// all is written, `out` is cleared and `*pos` reset; a write of 0 bytes is
+/// an error (`WriteZero`).
+pub fn flush_out(stream: &TcpStream, out: &mut Vec<u8>, pos: &mut usize) -> io::Result<()> {
+    while *pos < out.len() {
+        match (&*stream).write(&out[*pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.clear();
+    *pos = 0;
+    Ok(())
 }
 
 /// User + system CPU seconds of this process so far.
@@ -223,14 +241,14 @@ pub fn termination_signalfd() -> io::Result<OwnedFd> {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
+        // pthread_sigmask returns the error number; it does not set errno.
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
         }
         libc::signalfd(-1, set.as_ptr(), libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = cvt(fd)?;
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -239,44 +257,26 @@ pub fn termination_signalfd() -> io::Result<OwnedFd> {
 /// backlog of `backlog` (the kernel caps it at `net.core.somaxconn`). std's
 /// `TcpListener::bind` uses 128, too few for bursts of hundreds of connects.
 pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain syscall; the fd is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let listener = std::net::TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let fd = tcp_socket(&addr)?;
+    let raw = fd.as_raw_fd();
+    let listener = std::net::TcpListener::from(fd);
     let one: libc::c_int = 1;
     let (sa, len) = sockaddr(&addr);
     // SAFETY: valid pointers and lengths for the duration of each call.
-    let rc = unsafe {
-        if libc::setsockopt(
-            fd,
+    unsafe {
+        cvt(libc::setsockopt(
+            raw,
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) < 0
-            || libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) < 0
-        {
-            -1
-        } else {
-            libc::listen(fd, backlog)
-        }
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+        ))?;
+        cvt(libc::bind(
+            raw,
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+        ))?;
+        cvt(libc::listen(raw, backlog))?;
     }
     Ok(listener)
 }

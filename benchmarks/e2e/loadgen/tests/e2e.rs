@@ -1,14 +1,15 @@
 //! End to end: `bluewren-loadgen` against `bluewren-room-baseline` on
 //! loopback, small and short.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{loadgen, read_result, run_plan};
 use serde_json::{json, Value};
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_bluewren-loadgen");
 const BASELINE: &str = env!("CARGO_BIN_EXE_bluewren-room-baseline");
 
 /// A running baseline server, stopped with SIGTERM when dropped.
@@ -19,8 +20,14 @@ struct Baseline {
 
 impl Baseline {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Started with `args` added to the command line.
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(BASELINE)
             .args(["--port", "0", "--host", "127.0.0.1"])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the baseline");
@@ -58,34 +65,6 @@ impl Drop for Baseline {
             let _ = self.child.wait();
         }
     }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bluewren-loadgen-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-/// Runs the loadgen on `plan`; returns (exit code, result JSON or Null, stderr).
-fn run_plan(name: &str, plan: &Value) -> (i32, Value, String) {
-    let plan_path = scratch(&format!("{name}.plan.json"));
-    let out_path = scratch(&format!("{name}.result.json"));
-    std::fs::write(&plan_path, plan.to_string()).unwrap();
-    let _ = std::fs::remove_file(&out_path);
-    let out = Command::new(LOADGEN)
-        .arg("--plan")
-        .arg(&plan_path)
-        .arg("--out")
-        .arg(&out_path)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let result = std::fs::read_to_string(&out_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code().unwrap_or(-1), result, stderr)
 }
 
 fn fanout_plan(port: u16, members: usize, senders: usize) -> Value {
@@ -166,15 +145,9 @@ fn idle_holds_until_stdin_closes() {
         .collect();
     let plan = json!({"protocol": "room", "port": server.port, "workload": "idle",
                       "hold_s": 30.0, "connections": conns});
-    let plan_path = scratch("idle.plan.json");
-    let out_path = scratch("idle.result.json");
-    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let (mut cmd, out_path) = loadgen("idle", &plan);
     let started = Instant::now();
-    let mut child = Command::new(LOADGEN)
-        .arg("--plan")
-        .arg(&plan_path)
-        .arg("--out")
-        .arg(&out_path)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -183,6 +156,7 @@ fn idle_holds_until_stdin_closes() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let to_ready = started.elapsed().as_secs_f64();
     assert_eq!(line, "READY 300\n");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"not yet\n").unwrap();
@@ -198,7 +172,7 @@ fn idle_holds_until_stdin_closes() {
         started.elapsed() < Duration::from_secs(15),
         "did not end at EOF"
     );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let r = read_result(&out_path);
     assert_eq!(r["workload"], "idle");
     assert_eq!(
         (r["connections"].as_u64(), r["connected"].as_u64()),
@@ -208,7 +182,12 @@ fn idle_holds_until_stdin_closes() {
         (r["failed"].as_u64(), r["errors"].as_u64()),
         (Some(0), Some(0))
     );
-    assert!(r["connect_s"].as_f64().unwrap() > 0.0);
+    // Setup ends before READY is printed.
+    let connect_s = r["connect_s"].as_f64().unwrap();
+    assert!(
+        connect_s > 0.0 && connect_s <= to_ready,
+        "{connect_s} vs {to_ready}"
+    );
 }
 
 #[test]
@@ -216,15 +195,9 @@ fn idle_ends_after_hold_s_with_stdin_open() {
     let server = Baseline::start();
     let plan = json!({"protocol": "room", "port": server.port, "workload": "idle",
                       "hold_s": 0.5, "connections": [{"room": "a"}, {"room": "a"}]});
-    let plan_path = scratch("idle-hold.plan.json");
-    let out_path = scratch("idle-hold.result.json");
-    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let (mut cmd, out_path) = loadgen("idle-hold", &plan);
     let started = Instant::now();
-    let mut child = Command::new(LOADGEN)
-        .arg("--plan")
-        .arg(&plan_path)
-        .arg("--out")
-        .arg(&out_path)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -235,7 +208,7 @@ fn idle_ends_after_hold_s_with_stdin_open() {
     assert_eq!(status.code(), Some(0));
     assert!(took >= Duration::from_millis(500), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let r = read_result(&out_path);
     assert_eq!(r["connected"], 2);
 }
 
@@ -281,4 +254,64 @@ fn baseline_refuses_an_upgrade_without_a_room() {
     std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.ends_with("missing ?room=NAME"), "{answer}");
+}
+
+/// Connects to the baseline, upgrades into `room` and reads the 101 answer.
+fn room_member(port: u16, room: &str) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /?room={room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    // Byte by byte, so that nothing after the answer is consumed.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(std::io::Read::read(&mut s, &mut byte).unwrap(), 1);
+        answer.push(byte[0]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 101"), "{answer:?}");
+    s
+}
+
+#[test]
+fn baseline_drops_a_member_that_never_reads_past_max_outbox() {
+    use std::io::Read;
+    let server = Baseline::start_with(&["--max-outbox", "65536"]);
+    let mut slow = room_member(server.port, "slow");
+    let mut writer = room_member(server.port, "slow");
+    // 16 MiB for the member that never reads: far more than the loopback
+    // socket buffers (a few MiB) plus a 64 KiB outbox.
+    let payload = vec![7u8; 64 << 10];
+    let mut frame = Vec::new();
+    bluewren_engine::ws::encode_frame(
+        &mut frame,
+        bluewren_engine::ws::OpCode::Binary,
+        &payload,
+        true,
+        Some([1, 2, 3, 4]),
+    );
+    let messages = 256;
+    for _ in 0..messages {
+        writer.write_all(&frame).unwrap();
+    }
+    // The slow member gets what the kernel had buffered, then the close;
+    // without the bound it would get all 16 MiB and then wait (timeout).
+    let relayed = messages * (payload.len() + 10); // 10: header of 64 KiB
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("not dropped: {e} after {got} of {relayed} bytes"),
+        }
+    }
+    eprintln!("the slow member got {got} of {relayed} bytes before the close");
+    assert!(got < relayed, "{got} of {relayed} bytes: not dropped");
 }
