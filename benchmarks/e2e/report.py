@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def disturbed(doc: dict[str, Any]) -> float:
+    """Other CPU above which run.py ran a measurement again."""
+    return float((doc.get("sizes") or {}).get("disturbed_other_cpu", 0.2))
+
+
 def load_table(doc: dict[str, Any], workload: str) -> list[str]:
     runs = by_server(doc, workload)
-    # Latency runs are offered different rates per server: no throughput ratio there.
-    node = dps(runs.get(NODE)) if workload != "latency-half" else None
-    if workload == "latency-equal":
-        node = None  # the same rate for all: the latencies are what compares
+    # Latency runs: latency-half is offered a different rate per server, latency-equal the
+    # same rate to all; either way the latencies compare, not the throughput.
+    node = None if workload in LATENCY_WORKLOADS else dps(runs.get(NODE))
     lines = [
         "| server | deliveries/s | messages/s | p50 ms | p99 ms | server CPU | loadgen CPU "
         "| other CPU | deliveries per server CPU-s | node ÷ server | notes |",
@@ -108,7 +113,7 @@ def load_table(doc: dict[str, Any], workload: str) -> list[str]:
         if res.get("errors"):
             notes.append(f"{res['errors']} errors")
         other = run.get("other_cpu")
-        if other is not None and other > 0.2:
+        if other is not None and other > disturbed(doc):
             notes.append(f"other processes used {other:.0%} of a CPU meanwhile")
         if run.get("attempts", 1) > 1:
             notes.append(f"the least disturbed of {run['attempts']} runs")
@@ -147,78 +152,76 @@ def targets(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     f1, f10 = by_server(doc, "fanout-1"), by_server(doc, "fanout-10x4")
 
-    def add_ratio(target: str, measured: float | None, goal: float, strict: bool = False) -> None:
+    def add(
+        target: str,
+        measured: float | None,
+        goal: float,
+        shown: str,
+        met: Callable[[float, float], bool] = operator.ge,
+        *,
+        scale: float = 1.0,
+        noun: str = "target",
+        needs: bool = False,
+        missing: str = "not measured",
+    ) -> None:
+        """A row: ``measured`` (shown as ``shown.format(measured / scale)``) against ``goal``."""
         if measured is None:
-            rows.append((target, "not measured", "—", ""))
+            rows.append((target, missing, "—", ""))
             return
-        met = measured > goal if strict else measured >= goal
-        rows.append(
-            (
-                target,
-                f"{measured:.2f}x",
-                "MET" if met else "MISSED",
-                f"{measured / goal:.2f} of the target"
-                + ("" if met or measured <= 0 else f" (needs {goal / measured:.2f}x more)"),
-            )
-        )
+        ok = met(measured, goal)
+        margin = f"{measured / goal:.2f} of the {noun}"
+        if needs and not ok and measured > 0:
+            margin += f" (needs {goal / measured:.2f}x more)"
+        rows.append((target, shown.format(measured / scale), "MET" if ok else "MISSED", margin))
 
     node10 = dps(f10.get(NODE))
-    for peer, goal, strict in (("websockets", 5.0, False), ("picows", 4.0, False)):
-        add_ratio(
+    for peer, goal in (("websockets", 5.0), ("picows", 4.0)):
+        add(
             f"fan-out (10 senders) deliveries/s >= {goal:g}x {peer}",
             ratio(node10, dps(f10.get(peer))),
             goal,
-            strict,
+            "{:.2f}x",
+            needs=True,
         )
-    add_ratio(
+    add(
         "fan-out (10 senders) deliveries/s ahead of socketify (> 1x)",
         ratio(node10, dps(f10.get("socketify"))),
         1.0,
-        True,
+        "{:.2f}x",
+        operator.gt,
+        needs=True,
     )
-    if node10 is None:
-        rows.append(("fan-out >= 1,000,000 deliveries/s with ten senders", "not measured", "—", ""))
-    else:
-        met = node10 >= 1e6
-        rows.append(
-            (
-                "fan-out >= 1,000,000 deliveries/s with ten senders",
-                f"{node10:,.0f}/s",
-                "MET" if met else "MISSED",
-                f"{node10 / 1e6:.2f} of the target",
-            )
-        )
-    add_ratio(
+    add("fan-out >= 1,000,000 deliveries/s with ten senders", node10, 1e6, "{:,.0f}/s")
+    add(
         "one message in flight: >= 0.8x the one-write-per-recipient baseline",
         ratio(dps(f1.get(NODE)), dps(f1.get("baseline"))),
         0.8,
+        "{:.2f}x",
+        needs=True,
     )
     for run in runs_of(doc, "idle"):
         if run.get("server") != NODE:
             continue
-        per = run.get("rss_per_conn_bytes") if run.get("ok") else None
-        label = f"idle: <= 4 KB (4,096 B) RSS per connection, {run.get('connections'):,} conns"
-        if per is None:
-            rows.append((label, "failed: " + str(run.get("error")), "—", ""))
-        else:
-            met = per <= 4096
-            rows.append(
-                (label, f"{per:,.0f} B", "MET" if met else "MISSED", f"{per / 4096:.2f} of the cap")
-            )
+        add(
+            f"idle: <= 4 KB (4,096 B) RSS per connection, {fmt_int(run.get('connections'))} conns",
+            run.get("rss_per_conn_bytes") if run.get("ok") else None,
+            4096,
+            "{:,.0f} B",
+            operator.le,
+            noun="cap",
+            missing="failed: " + str(run.get("error")),
+        )
     half = by_server(doc, "latency-half").get(NODE)
     p99 = ((half or {}).get("result") or {}).get("latency_us", {}).get("p99")
-    if not half or not half.get("ok") or p99 is None:
-        rows.append(("p99 delivery latency < 5 ms at half the peak rate", "not measured", "—", ""))
-    else:
-        met = p99 < 5000
-        rows.append(
-            (
-                "p99 delivery latency < 5 ms at half the peak rate",
-                f"{p99 / 1000:.2f} ms",
-                "MET" if met else "MISSED",
-                f"{p99 / 5000:.2f} of the bound",
-            )
-        )
+    add(
+        "p99 delivery latency < 5 ms at half the peak rate",
+        p99 if half and half.get("ok") else None,
+        5000,
+        "{:.2f} ms",
+        operator.lt,
+        scale=1000,
+        noun="bound",
+    )
     return rows
 
 
@@ -282,22 +285,43 @@ def plot(doc: dict[str, Any], workload: str, path: Path) -> bool:
     return True
 
 
-def merged_lines(merged: dict[str, Any] | None) -> list[str]:
-    """Where the workloads kept by ``run.py --merge`` were measured, run by run."""
+def provenance(doc: dict[str, Any], run: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The command and start of the run.py invocation that measured ``run``.
+
+    Runs carry them; runs written before they did fall back to the file's ``merged``
+    chain (the workloads an older ``--merge`` kept) and then to the file's own.
+    """
+    if run.get("command") is not None:
+        return run.get("command"), run.get("started")
+    source: dict[str, Any] = doc
+    merged = doc.get("merged")
+    while merged:  # the deepest entry that lists the workload measured it
+        if run.get("workload") in (merged.get("workloads") or []):
+            source = merged
+        merged = merged.get("earlier_merged")
+    return source.get("command"), source.get("started")
+
+
+def run_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per run.py invocation whose runs are in ``doc``, with their workloads."""
+    measured: dict[tuple[str | None, str | None], list[str]] = {}
+    for run in doc.get("runs", []):
+        workloads = measured.setdefault(provenance(doc, run), [])
+        if run.get("workload") not in workloads:
+            workloads.append(run.get("workload"))
+    own = (doc.get("command"), doc.get("started"))
     lines = []
-    while merged:
-        older = merged.get("earlier_merged") or {}
-        mine = [w for w in merged.get("workloads", []) if w not in older.get("workloads", [])]
-        if mine:
-            lines.append(
-                f"- Kept from an earlier run (`--merge`): {', '.join(mine)} from "
-                f"`{merged.get('command')}` started {merged.get('started')}"
-            )
-        merged = older
-    return lines
+    for key in sorted(measured, key=lambda k: k[1] or ""):
+        line = f"- Run: `{key[0]}` started {key[1]}"
+        if key == own:
+            line += f", took {doc.get('elapsed_s')} s"
+        if len(measured) > 1:
+            line += f": {', '.join(measured[key])}"
+        lines.append(line)
+    return lines or [f"- Run: `{own[0]}` started {own[1]}, took {doc.get('elapsed_s')} s"]
 
 
-def render(doc: dict[str, Any], md: Path, plots: Path) -> str:
+def render(doc: dict[str, Any], json_path: Path, md: Path, plots: Path) -> str:
     m = doc.get("machine", {})
     sizes = doc.get("sizes", {})
     rel = os.path.relpath(plots, md.parent)
@@ -305,7 +329,7 @@ def render(doc: dict[str, Any], md: Path, plots: Path) -> str:
         "# End-to-end benchmark results",
         "",
         "Generated by `benchmarks/e2e/report.py` from "
-        f"`{os.path.relpath(doc.get('_path', DEFAULT_JSON), md.parent)}`"
+        f"`{os.path.relpath(json_path, md.parent)}`"
         + (" — a **--quick smoke run**, not a measurement." if doc.get("quick") else "."),
         "",
         "## Machine and commands",
@@ -314,9 +338,7 @@ def render(doc: dict[str, Any], md: Path, plots: Path) -> str:
         f"Python {m.get('python')}; {m.get('rustc')}; fd limit {m.get('fd_limit')}",
         f"- Pinning: {m.get('pinning')}; the cores may be shared with other work.",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items() if v),
-        f"- Run: `{doc.get('command')}` started {doc.get('started')}, "
-        f"took {doc.get('elapsed_s')} s",
-        *merged_lines(doc.get("merged")),
+        *run_lines(doc),
         "- Regenerate this report: `python benchmarks/e2e/report.py`",
         "- Load generator: `bluewren-loadgen` (benchmarks/e2e/loadgen), one thread, epoll; "
         "built with `cargo build --release -p bluewren-loadgen`",
@@ -338,7 +360,7 @@ def render(doc: dict[str, Any], md: Path, plots: Path) -> str:
         f"{LOADGEN_BOUND:.0%} or more means the generator, not the server, may have been the "
         "limit: that row is a lower bound. Other CPU is what every other process on the "
         "machine used during the window; a run where it exceeded "
-        f"{sizes.get('disturbed_other_cpu', 0.2):.0%} of a CPU was run again (`--retries`) "
+        f"{disturbed(doc):.0%} of a CPU was run again (`--retries`) "
         "and the least disturbed run kept.",
         "",
         "## Servers",
@@ -378,11 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"report.py: cannot read {args.json}: {exc}", file=sys.stderr)
         return 2
-    doc["_path"] = str(args.json.resolve())
     plots = (args.plots or args.json.parent).resolve()
     plots.mkdir(parents=True, exist_ok=True)
     md = args.md.resolve()
-    md.write_text(render(doc, md, plots))
+    md.write_text(render(doc, args.json.resolve(), md, plots))
     print(f"wrote {args.md}")
     return 0
 

@@ -39,9 +39,11 @@ import datetime as dt
 import importlib.metadata
 import itertools
 import json
+import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -51,7 +53,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,13 @@ SERVERS = ("bluewren", "websockets", "picows", "aiohttp", "socketify", "baseline
 WORKLOADS = ("fanout-1", "fanout-10x4", "pairs", "latency-half", "latency-equal", "idle")
 EQUAL_RATE = 150.0
 """Messages/s of latency-equal: every server sustains it with one message in flight."""
-PEER_LIBRARIES = {
-    "websockets": "websockets",
-    "picows": "picows",
-    "aiohttp": "aiohttp",
-    "socketify": "socketify",
-}
+PEER_LIBRARIES = ("websockets", "picows", "aiohttp", "socketify")
+MESSAGE_BYTES = 100
+LOADGEN_MAX_RATE = 100_000_000.0
+"""The loadgen's highest paced rate (MAX_RATE in benchmarks/e2e/loadgen/src/plan.rs)."""
+MAX_CONNECTIONS = 19_500
+"""Connections one run may open: server and loadgen each hold one fd per connection, and
+the fd limit is 20,000 per process (some fds are taken by the process itself)."""
 SOURCE_ADDRS = [f"127.0.0.{i}" for i in range(1, 9)]
 # Idle runs: connections in setup at once. Below asyncio's default listen backlog (100),
 # so that a burst of 19,000 connects never overflows a server's accept queue.
@@ -89,7 +92,7 @@ NODE_SETTINGS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sizes:
     """How big each workload is: full run or --quick."""
 
@@ -118,7 +121,6 @@ class Server:
     name: str
     proc: subprocess.Popen[str]
     port: int
-    data_dir: Path | None = None
     log: list[str] = field(default_factory=list)
 
 
@@ -151,10 +153,15 @@ def machine_busy_seconds() -> float:
 
 
 def proc_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """VmRSS of ``pid``; ProcessLookupError (an OSError) once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError as exc:
+        raise ProcessLookupError(f"no process {pid}") from exc
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise ProcessLookupError(f"no VmRSS for pid {pid} (exited)")
 
 
 def version_of(dist: str) -> str | None:
@@ -198,6 +205,8 @@ def machine_info() -> dict[str, Any]:
 
 def availability(loadgen: Path, baseline: Path) -> dict[str, dict[str, Any]]:
     """Which servers can run here, and why not for the others."""
+    if not loadgen.exists():
+        raise SystemExit(f"{loadgen} not found: cargo build --release -p bluewren-loadgen")
     out: dict[str, dict[str, Any]] = {}
     for name in SERVERS:
         reason = None
@@ -206,23 +215,19 @@ def availability(loadgen: Path, baseline: Path) -> dict[str, dict[str, Any]]:
                 reason = f"{baseline} not built (cargo build --release -p bluewren-loadgen)"
         elif name in PEER_LIBRARIES:
             probe = subprocess.run(
-                [sys.executable, "-c", f"import {PEER_LIBRARIES[name]}"],
+                [sys.executable, "-c", f"import {name}"],
                 capture_output=True,
                 text=True,
                 timeout=60,
             )
             if probe.returncode != 0:
                 last = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
-                reason = f"import {PEER_LIBRARIES[name]} failed: {last}"
+                reason = f"import {name} failed: {last}"
         out[name] = {
             "available": reason is None,
             "reason": reason,
-            "version": version_of(PEER_LIBRARIES.get(name, "bluewren"))
-            if name != "baseline"
-            else "bluewren-room-baseline",
+            "version": version_of(name) if name != "baseline" else "bluewren-room-baseline",
         }
-    if not loadgen.exists():
-        raise SystemExit(f"{loadgen} not found: cargo build --release -p bluewren-loadgen")
     return out
 
 
@@ -249,7 +254,7 @@ def start_server(name: str, data_dir: Path | None, baseline: Path) -> Server:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
-    server = Server(name, proc, port, data_dir)
+    server = Server(name, proc, port)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
     ready = re.compile(rf"READY {port}\b|ws://[\d.]+:{port}/")
@@ -286,7 +291,7 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def stop_server(server: Server) -> int | None:
+def stop_server(server: Server) -> None:
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)
         try:
@@ -294,7 +299,6 @@ def stop_server(server: Server) -> int | None:
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait(10)
-    return server.proc.returncode
 
 
 # --- plans ---------------------------------------------------------------------------------
@@ -318,6 +322,13 @@ def fanout_shape(members: int, senders: int, in_flight: int) -> Shape:
 def pairs_shape(pairs: int) -> Shape:
     rooms = [[2 * i, 2 * i + 1] for i in range(pairs)]
     return Shape("pairs", rooms, {2 * i for i in range(pairs)}, 4)
+
+
+def paced_shape(members: int, rate: float) -> Shape:
+    """One sender paced (open loop) at ``rate`` messages/s: messages arrive evenly spaced."""
+    shape = fanout_shape(members, 1, 4)
+    shape.rate = rate
+    return shape
 
 
 async def node_setup(data_dir: Path, shape: Shape) -> list[tuple[str, int]]:
@@ -345,14 +356,18 @@ async def node_setup(data_dir: Path, shape: Shape) -> list[tuple[str, int]]:
     return users
 
 
+def mint_tokens(users: Sequence[str]) -> list[str]:
+    """A node login token (device d1, valid a day) per user."""
+    from bluewren.auth import TokenIssuer
+
+    issuer = TokenIssuer(SECRET)
+    return [issuer.mint(user, "d1", ttl=86_400) for user in users]
+
+
 def connections(
     server: str, shape: Shape, users: list[tuple[str, int]] | None
 ) -> list[dict[str, Any]]:
-    issuer = None
-    if server == "bluewren":
-        from bluewren.auth import TokenIssuer
-
-        issuer = TokenIssuer(SECRET)
+    tokens = mint_tokens([u for u, _ in users]) if server == "bluewren" and users else None
     out: list[dict[str, Any]] = []
     for r, room in enumerate(shape.rooms):
         for i in room:
@@ -361,9 +376,8 @@ def connections(
                 "send": i in shape.senders,
                 "expect": len(room) - 1 if i in shape.senders else 0,
             }
-            if issuer is not None and users is not None:
-                user, conv = users[i]
-                conn |= {"token": issuer.mint(user, "d1", ttl=86_400), "conversation": conv}
+            if tokens is not None and users is not None:
+                conn |= {"token": tokens[i], "conversation": users[i][1]}
             out.append(conn)
     return out
 
@@ -371,10 +385,7 @@ def connections(
 def mint_idle(server: str, n: int) -> list[dict[str, Any]]:
     if server != "bluewren":
         return [{"room": "idle"} for _ in range(n)]
-    from bluewren.auth import TokenIssuer
-
-    issuer = TokenIssuer(SECRET)
-    return [{"token": issuer.mint(f"i{i}", "d1", ttl=86_400)} for i in range(n)]
+    return [{"token": t} for t in mint_tokens([f"i{i}" for i in range(n)])]
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -395,6 +406,53 @@ def window_cpu(samples: list[tuple[float, float]], start: float, end: float) -> 
     return (b - a) / (end - start)
 
 
+def new_record(label: str, server_name: str, **fields: Any) -> dict[str, Any]:
+    """The first fields of every run record (a failed run unless set otherwise)."""
+    return {"workload": label, "server": server_name, "ok": False, "error": None, **fields}
+
+
+def node_data_dir(tmp: Path, server_name: str, tag: str) -> Path | None:
+    """A fresh data directory for the node; None for the other servers."""
+    if server_name != "bluewren":
+        return None
+    data_dir = tmp / f"{server_name}-{tag}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+def plan_header(server: Server, workload: str) -> dict[str, Any]:
+    """The fields every load plan starts with."""
+    return {
+        "protocol": "bluewren" if server.name == "bluewren" else "room",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "source_addrs": SOURCE_ADDRS,
+        "workload": workload,
+    }
+
+
+def write_plan(
+    args: argparse.Namespace, tmp: Path, server_name: str, tag: str, plan: dict[str, Any]
+) -> tuple[Path, list[str]]:
+    """Writes ``plan``; returns where the loadgen will write its result, and its command."""
+    plan_path = tmp / f"plan-{server_name}-{tag}.json"
+    out_path = tmp / f"result-{server_name}-{tag}.json"
+    plan_path.write_text(json.dumps(plan))
+    cmd = [*pinned(1), str(args.loadgen), "--plan", str(plan_path), "--out", str(out_path)]
+    return out_path, cmd
+
+
+def finish(record: dict[str, Any], server: Server, gen: subprocess.Popen[str] | None) -> None:
+    """Kills a loadgen still running, notes a server that exited early, stops the server."""
+    if gen is not None and gen.poll() is None:
+        gen.kill()
+        gen.wait()
+    if server.proc.poll() is not None:
+        record["error"] = (record["error"] or "") + f" (server exited {server.proc.returncode})"
+        record["ok"] = False
+    stop_server(server)
+
+
 def run_load(
     args: argparse.Namespace,
     sizes: Sizes,
@@ -404,43 +462,31 @@ def run_load(
     tmp: Path,
 ) -> dict[str, Any]:
     """Start ``server_name``, drive ``shape`` through it, stop it. One record."""
-    record: dict[str, Any] = {
-        "workload": label,
-        "server": server_name,
-        "ok": False,
-        "error": None,
-        "members": max(len(r) for r in shape.rooms),
-        "rooms": len(shape.rooms),
-        "senders": len(shape.senders),
-        "in_flight": shape.in_flight,
-        "rate": shape.rate,
-    }
-    data_dir = tmp / f"{server_name}-{label}" if server_name == "bluewren" else None
-    users = None
-    if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        users = asyncio.run(node_setup(data_dir, shape))
+    record = new_record(
+        label,
+        server_name,
+        members=max(len(r) for r in shape.rooms),
+        rooms=len(shape.rooms),
+        senders=len(shape.senders),
+        in_flight=shape.in_flight,
+        rate=shape.rate,
+    )
+    data_dir = node_data_dir(tmp, server_name, label)
+    users = asyncio.run(node_setup(data_dir, shape)) if data_dir is not None else None
     server = start_server(server_name, data_dir, args.baseline)
+    gen: subprocess.Popen[str] | None = None
     try:
-        plan = {
-            "protocol": "bluewren" if server_name == "bluewren" else "room",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "source_addrs": SOURCE_ADDRS,
-            "workload": shape.workload,
+        plan = plan_header(server, shape.workload) | {
             "warmup_s": sizes.warmup_s,
             "duration_s": sizes.duration_s,
             "drain_s": sizes.drain_s,
-            "message_bytes": 100,
+            "message_bytes": MESSAGE_BYTES,
             "in_flight": shape.in_flight,
             "rate": shape.rate,
             "connections": connections(server_name, shape, users),
         }
-        plan_path = tmp / f"plan-{server_name}-{label}.json"
-        out_path = tmp / f"result-{server_name}-{label}.json"
-        plan_path.write_text(json.dumps(plan))
+        out_path, cmd = write_plan(args, tmp, server_name, label, plan)
         record["rss_before_kb"] = proc_rss_kb(server.proc.pid)
-        cmd = [*pinned(1), str(args.loadgen), "--plan", str(plan_path), "--out", str(out_path)]
         t_start = time.monotonic()
         gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         samples: list[tuple[float, float]] = []
@@ -478,11 +524,10 @@ def run_load(
             record["ok"] = True
         elif record["error"] is None:
             record["error"] = (stderr.strip().splitlines() or [f"exit {gen.returncode}"])[-1]
+    except ProcessLookupError as exc:  # the server exited: finish() says so
+        record["error"] = str(exc)
     finally:
-        if server.proc.poll() is not None:
-            record["error"] = (record["error"] or "") + f" (server exited {server.proc.returncode})"
-            record["ok"] = False
-        stop_server(server)
+        finish(record, server, gen)
     return record
 
 
@@ -490,36 +535,20 @@ def run_idle(
     args: argparse.Namespace, sizes: Sizes, server_name: str, n: int, tmp: Path
 ) -> dict[str, Any]:
     """Connect ``n`` idle connections; RSS per connection from before and after."""
-    record: dict[str, Any] = {
-        "workload": "idle",
-        "server": server_name,
-        "connections": n,
-        "ok": False,
-        "error": None,
-    }
-    data_dir = tmp / f"{server_name}-idle-{n}" if server_name == "bluewren" else None
-    if data_dir is not None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    server = start_server(server_name, data_dir, args.baseline)
+    record = new_record("idle", server_name, connections=n)
+    tag = f"idle-{n}"
+    server = start_server(server_name, node_data_dir(tmp, server_name, tag), args.baseline)
     gen: subprocess.Popen[str] | None = None
     try:
-        plan = {
-            "protocol": "bluewren" if server_name == "bluewren" else "room",
-            "host": "127.0.0.1",
-            "port": server.port,
-            "source_addrs": SOURCE_ADDRS,
-            "workload": "idle",
+        plan = plan_header(server, "idle") | {
             "hold_s": 120.0,
             "connect_timeout_s": 120.0,
             "connect_burst": IDLE_CONNECT_BURST,
             "connections": mint_idle(server_name, n),
         }
-        plan_path = tmp / f"plan-{server_name}-idle-{n}.json"
-        out_path = tmp / f"result-{server_name}-idle-{n}.json"
-        plan_path.write_text(json.dumps(plan))
+        out_path, cmd = write_plan(args, tmp, server_name, tag, plan)
         time.sleep(sizes.idle_settle_s)
         before = proc_rss_kb(server.proc.pid)
-        cmd = [*pinned(1), str(args.loadgen), "--plan", str(plan_path), "--out", str(out_path)]
         gen = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -555,14 +584,10 @@ def run_idle(
             else:
                 last = (stderr.strip().splitlines() or [f"exit {gen.returncode}"])[-1]
                 record["error"] = f"{record.get('connected')} of {n} connected: {last}"
+    except ProcessLookupError as exc:  # the server exited: finish() says so
+        record["error"] = str(exc)
     finally:
-        if gen is not None and gen.poll() is None:
-            gen.kill()
-            gen.wait()
-        if server.proc.poll() is not None:
-            record["error"] = (record["error"] or "") + f" (server exited {server.proc.returncode})"
-            record["ok"] = False
-        stop_server(server)
+        finish(record, server, gen)
     return record
 
 
@@ -590,6 +615,44 @@ def summary(record: dict[str, Any]) -> str:
     return txt
 
 
+def rank(record: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key of the runs of one measurement: succeeded first, then least disturbed."""
+    other = record.get("other_cpu")
+    return (not record.get("ok"), math.inf if other is None else float(other))
+
+
+def least_disturbed(first: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
+    """The run to keep of two: one that succeeded, then the lower other CPU (ties: first)."""
+    return min(first, again, key=rank)
+
+
+def merge_conflict(earlier: dict[str, Any], doc: dict[str, Any]) -> str | None:
+    """Why the runs of ``earlier`` cannot sit next to those of ``doc``; None if they can."""
+    if bool(earlier.get("quick")) != bool(doc.get("quick")):
+        return f"quick is {earlier.get('quick')} there, {doc.get('quick')} now"
+    before = {k: v for k, v in (earlier.get("sizes") or {}).items() if k != "retries"}
+    now = {k: v for k, v in doc["sizes"].items() if k != "retries"}
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if differ:
+        return "sizes differ: " + ", ".join(
+            f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in differ
+        )
+    return None
+
+
+def kept_runs(earlier: dict[str, Any], measured: set[str]) -> list[dict[str, Any]]:
+    """The runs of ``earlier`` for workloads not measured now, each stamped with the
+    command and start of the run that measured it."""
+    from report import provenance
+
+    kept = []
+    for run in earlier.get("runs", []):
+        if run.get("workload") not in measured:
+            command, started = provenance(earlier, run)
+            kept.append(run | {"command": command, "started": started})
+    return kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
@@ -601,9 +664,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="keep the runs of --out's other workloads (those not measured now)",
+        help="keep the runs of --out's other workloads (those not measured now); "
+        "refused when --out was measured with other sizes or --quick mode",
     )
-    parser.add_argument("--members", type=int, default=None, help="room size (1000)")
+    parser.add_argument(
+        "--members", type=int, default=None, help=f"room size (1000; 11..{MAX_CONNECTIONS})"
+    )
     parser.add_argument(
         "--equal-rate",
         type=float,
@@ -626,32 +692,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--baseline", type=Path, default=target / "release" / "bluewren-room-baseline"
     )
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else Sizes()
+    changes: dict[str, Any] = {}
     if args.members is not None:
         if args.members < 11:
             parser.error("--members must be at least 11 (ten senders and a receiver)")
-        sizes.members = args.members
+        if args.members > MAX_CONNECTIONS:
+            parser.error(
+                f"--members must be at most {MAX_CONNECTIONS} (the fd limit is 20,000 per process)"
+            )
+        changes["members"] = args.members
+    if not 0 < args.equal_rate <= LOADGEN_MAX_RATE:
+        parser.error(
+            f"--equal-rate must be in (0, {LOADGEN_MAX_RATE:,.0f}] messages/s "
+            "(the load generator's highest rate)"
+        )
     if args.duration is not None:
         if not 0 < args.duration <= 600:
             parser.error("--duration must be in (0, 600] seconds")
-        sizes.duration_s = args.duration
+        changes["duration_s"] = args.duration
     if not 0 <= args.retries <= 5:
         parser.error("--retries must be 0..5")
     if args.idle is not None:
-        if any(not 1 <= n <= 19_500 for n in args.idle):
-            parser.error("--idle counts must be 1..19500 (the fd limit is 20,000 per process)")
-        sizes.idle_counts = tuple(args.idle)
+        if any(not 1 <= n <= MAX_CONNECTIONS for n in args.idle):
+            parser.error(
+                f"--idle counts must be 1..{MAX_CONNECTIONS} (the fd limit is 20,000 per process)"
+            )
+        changes["idle_counts"] = tuple(args.idle)
+    sizes = replace(QUICK if args.quick else Sizes(), **changes)
     with contextlib.suppress(OSError, AttributeError):
         if pinned(1):
             os.sched_setaffinity(0, {1})
     started = dt.datetime.now(dt.UTC)
-    servers = availability(args.loadgen, args.baseline)
-    command = "python benchmarks/e2e/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(
+        ["python", "benchmarks/e2e/run.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    stamp = {"command": command, "started": started.isoformat(timespec="seconds")}
     doc: dict[str, Any] = {
-        "command": command.strip(),
+        **stamp,
         "quick": args.quick,
-        "started": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
         "sizes": {
             "members": sizes.members,
             "pairs": sizes.pairs,
@@ -659,54 +737,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             "duration_s": sizes.duration_s,
             "drain_s": sizes.drain_s,
             "idle_counts": list(sizes.idle_counts),
-            "message_bytes": 100,
+            "message_bytes": MESSAGE_BYTES,
             "source_addrs": SOURCE_ADDRS,
             "idle_connect_burst": IDLE_CONNECT_BURST,
             "disturbed_other_cpu": DISTURBED,
             "retries": args.retries,
             "node_settings": NODE_SETTINGS,
         },
+    }
+    want = set(args.only)
+    if "latency-half" in want:
+        want.add("fanout-10x4")  # its rate is half of fanout-10x4's
+    kept: list[dict[str, Any]] = []
+    if args.merge and args.out.exists():
+        try:
+            earlier = json.loads(args.out.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--merge: cannot read {args.out}: {exc}")
+        conflict = merge_conflict(earlier, doc)
+        if conflict is not None:
+            parser.error(f"--merge: {args.out} holds runs of another kind ({conflict})")
+        kept = kept_runs(earlier, want)
+    servers = availability(args.loadgen, args.baseline)
+    doc |= {
+        "machine": machine_info(),
         "servers": servers,
         "selected": {"workloads": args.only, "servers": args.servers},
-        "runs": [],
     }
     for name in args.servers:
         if not servers[name]["available"]:
             print(f"{name}: unavailable: {servers[name]['reason']}", flush=True)
     plan: list[tuple[str, Shape | None]] = []
-    want = set(args.only)
-    if "latency-half" in want:
-        want.add("fanout-10x4")  # its rate is half of fanout-10x4's
     m = sizes.members
     for label in WORKLOADS:
         if label not in want:
             continue
+        shape: Shape | None
         if label == "fanout-1":
-            plan.append((label, fanout_shape(m, 1, 1)))
+            shape = fanout_shape(m, 1, 1)
         elif label == "fanout-10x4":
-            plan.append((label, fanout_shape(m, 10, 4)))
+            shape = fanout_shape(m, 10, 4)
         elif label == "pairs":
-            plan.append((label, pairs_shape(sizes.pairs)))
-        elif label == "latency-half":
-            plan.append((label, None))
+            shape = pairs_shape(sizes.pairs)
         elif label == "latency-equal":
-            shape = fanout_shape(m, 1, 4)
-            shape.rate = args.equal_rate
-            plan.append((label, shape))
-        else:
-            plan.append((label, None))
-    runs: list[dict[str, Any]] = doc["runs"]
-    kept: list[dict[str, Any]] = []
-    if args.merge and args.out.exists():
-        earlier = json.loads(args.out.read_text())
-        kept = [r for r in earlier.get("runs", []) if r.get("workload") not in want]
-        if kept:
-            doc["merged"] = {
-                "command": earlier.get("command"),
-                "started": earlier.get("started"),
-                "workloads": sorted({r["workload"] for r in kept}),
-                "earlier_merged": earlier.get("merged"),
-            }
+            shape = paced_shape(m, args.equal_rate)
+        else:  # latency-half: its rate comes from fanout-10x4; idle: no shape
+            shape = None
+        plan.append((label, shape))
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bluewren-e2e-") as tmpdir:
         tmp = Path(tmpdir)
         for label, shape in plan:
@@ -721,13 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 records.append(run_idle(args, sizes, name, n, tmp))
                             except Exception as exc:
                                 records.append(
-                                    {
-                                        "workload": label,
-                                        "server": name,
-                                        "connections": n,
-                                        "ok": False,
-                                        "error": repr(exc),
-                                    }
+                                    new_record(label, name, connections=n, error=repr(exc))
                                 )
                             print(f"idle {n:<7} {name:<10} {summary(records[-1])}", flush=True)
                         runs.extend(records)
@@ -737,24 +809,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                             (
                                 r
                                 for r in runs
-                                if r["workload"] == "fanout-10x4" and r["server"] == name
+                                if r["workload"] == "fanout-10x4"
+                                and r["server"] == name
+                                and r.get("ok")
                             ),
                             None,
                         )
                         rate = (peak or {}).get("result", {}).get("messages_per_s") or 0
                         if not rate:
-                            runs.append(
-                                {
-                                    "workload": label,
-                                    "server": name,
-                                    "ok": False,
-                                    "error": "no fanout-10x4 rate to halve",
-                                }
-                            )
+                            error = "no successful fanout-10x4 rate to halve"
+                            runs.append(new_record(label, name, error=error))
                             continue
-                        # One sender, paced: messages arrive evenly spaced.
-                        shape = fanout_shape(m, 1, 4)
-                        shape.rate = rate / 2
+                        shape = paced_shape(m, rate / 2)
                     assert shape is not None
                     record = run_load(args, sizes, name, label, shape, tmp)
                     attempts = 1
@@ -763,16 +829,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         # keep the less disturbed run.
                         again = run_load(args, sizes, name, label, shape, tmp)
                         attempts += 1
-                        record = min(record, again, key=lambda r: r.get("other_cpu") or 9.9)
+                        record = least_disturbed(record, again)
                     record["attempts"] = attempts
                     records.append(record)
                 except Exception as exc:  # one broken run must not lose the others
-                    records.append(
-                        {"workload": label, "server": name, "ok": False, "error": repr(exc)}
-                    )
+                    records.append(new_record(label, name, error=repr(exc)))
                 runs.extend(records)
                 for rec in records:
                     print(f"{label:<12} {name:<10} {summary(rec)}", flush=True)
+    for run in runs:
+        run |= stamp
     order = {w: i for i, w in enumerate(WORKLOADS)}
     doc["runs"] = sorted([*kept, *runs], key=lambda r: order.get(r.get("workload", ""), 99))
     doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

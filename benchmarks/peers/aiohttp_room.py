@@ -12,11 +12,9 @@ connection's messages and awaits ``send_bytes`` on every other member. Prints
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Sequence
 
-from _cli import serve_main
+from _cli import room_of, serve_main, stop_on_signals
 from aiohttp import WSMsgType, web
 
 ROOMS: dict[str, set[web.WebSocketResponse]] = {}
@@ -25,7 +23,7 @@ ROOMS: dict[str, set[web.WebSocketResponse]] = {}
 async def handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=1 << 24, compress=False)
     await ws.prepare(request)
-    room = ROOMS.setdefault(request.query.get("room", ""), set())
+    room = ROOMS.setdefault(room_of(request.path_qs), set())
     room.add(ws)
     try:
         async for msg in ws:
@@ -39,10 +37,7 @@ async def handler(request: web.Request) -> web.WebSocketResponse:
 
 
 async def run(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set_result, None)
+    stop = stop_on_signals()
     app = web.Application()
     app.router.add_get("/", handler)
     runner = web.AppRunner(app, access_log=None)

@@ -15,7 +15,7 @@ from _cli import serve_main
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 
-class ServerClientListener(WSListener):  # type: ignore[misc]
+class ServerClientListener(WSListener):  # type: ignore[misc,unused-ignore]
     """Echoes every frame back; answers a close with a close."""
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:

@@ -12,12 +12,9 @@ picows has no broadcast helper, so this is what its documentation shows for send
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Sequence
-from urllib.parse import parse_qs, urlsplit
 
-from _cli import serve_main
+from _cli import room_of, serve_main, stop_on_signals
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 ROOMS: dict[str, set[WSTransport]] = {}
@@ -49,14 +46,11 @@ class RoomListener(WSListener):
 
 
 async def run(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set_result, None)
+    stop = stop_on_signals()
 
     def listener_factory(request: WSUpgradeRequest) -> RoomListener:
         path = request.path.decode() if isinstance(request.path, bytes) else str(request.path)
-        return RoomListener(parse_qs(urlsplit(path).query).get("room", [""])[0])
+        return RoomListener(room_of(path))
 
     server = await ws_create_server(listener_factory, host, port, max_frame_size=1 << 24)
     print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)

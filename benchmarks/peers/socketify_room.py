@@ -16,19 +16,18 @@ Needs libuv (Debian: ``libuv1``). Runs on socketify's own libuv loop. Prints
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from socketify import App, OpCode  # type: ignore[import-not-found,unused-ignore]
-from socketify.native import lib  # type: ignore[import-not-found,unused-ignore]
+from _cli import cli_parser, room_of
+from socketify import App, OpCode  # type: ignore[import-not-found,import-untyped,unused-ignore]
+from socketify.native import lib  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 
 def upgrade(res: Any, req: Any, socket_context: Any) -> None:
-    room = parse_qs(urlsplit(req.get_full_url()).query).get("room", [""])[0]
+    room = room_of(req.get_full_url())
     res.upgrade(
         req.get_header("sec-websocket-key"),
         req.get_header("sec-websocket-protocol"),
@@ -54,10 +53,8 @@ def on_message(ws: Any, message: Any, opcode: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9013)
-    args = parser.parse_args(argv)
+    """Command-line entry point."""
+    args = cli_parser(__doc__, 9013).parse_args(argv)
     app = App()
     app.ws(
         "/*",
@@ -83,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     app.run()
     return 0
 

@@ -12,19 +12,12 @@ listening; serves until SIGTERM or SIGINT. uvloop by default.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Sequence
-from urllib.parse import parse_qs, urlsplit
 
-from _cli import serve_main
+from _cli import room_of, serve_main, stop_on_signals
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 ROOMS: dict[str, set[ServerConnection]] = {}
-
-
-def room_of(path: str) -> str:
-    return parse_qs(urlsplit(path).query).get("room", [""])[0]
 
 
 async def handler(ws: ServerConnection) -> None:
@@ -39,10 +32,7 @@ async def handler(ws: ServerConnection) -> None:
 
 
 async def run(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set_result, None)
+    stop = stop_on_signals()
     # No compression (the clients do not ask for it either); messages up to 16 MiB.
     async with serve(handler, host, port, compression=None, max_size=1 << 24) as server:
         bound = next(iter(server.sockets)).getsockname()[1]
