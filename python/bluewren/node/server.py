@@ -87,6 +87,8 @@ RETRY_AFTER: Final = 1.0
 """The retry hint (seconds) of an UNAVAILABLE error."""
 
 _Members = dict[str, Member]
+_SEND: Final = int(Kind.SEND)
+_ACK: Final = int(Kind.ACK)
 
 
 class Node:
@@ -421,9 +423,14 @@ class Node:
 
     def handle(self, session: Session, cmd: Command) -> None:
         """Runs one decoded command (synchronously when it needs no I/O)."""
-        pending = self._hello_pending.get(session.conn_id)
-        if pending is not None:
-            pending.append(cmd)  # the on_connect hook is deciding: keep the order
+        if self._hello_pending:
+            pending = self._hello_pending.get(session.conn_id)
+            if pending is not None:
+                pending.append(cmd)  # the on_connect hook is deciding: keep the order
+                return
+        identity = session.identity
+        if cmd.kind == _SEND and identity is not None:
+            self._handle_send(session, cmd, identity.user)
             return
         try:
             if cmd.kind not in COMMANDS:
@@ -433,27 +440,12 @@ class Node:
             if cmd.kind == Kind.HELLO:
                 self._hello(session, cmd)
                 return
-            if session.identity is None:
+            if identity is None:
                 raise CommandError(
                     ErrorCode.NOT_AUTHENTICATED, "send HELLO with a token before anything else"
                 )
-            handler = self._handlers[Kind(cmd.kind)]
+            handler = self._handlers[cmd.kind]
             self.limits.admit(session.conn_id, cmd)
-            if cmd.kind == Kind.SEND:
-                self.admission.admit_send(session.identity.user)
-                # The synchronous path: membership cached, no earlier send of this
-                # session still waiting, no on_message hook (it must run before store).
-                members = self._members.get(cmd.conv)
-                gate = session.send_gate
-                if (
-                    members is not None
-                    and (gate is None or gate.done())
-                    and self.hooks.on_message is None
-                    and isinstance(self._store, GuardedStore)
-                    and self._store.nowait_ok
-                ):
-                    self._send_now(session, cmd, members, self._store)
-                    return
         except CommandError as err:
             session.emit_error(cmd, err)
             return
@@ -461,6 +453,32 @@ class Node:
             session.emit_error(cmd, _store_error(exc))
             return
         self._spawn(self._run(session, cmd, handler(self, session, cmd)))
+
+    def _handle_send(self, session: Session, cmd: Command, user: str) -> None:
+        """The hot path: a SEND of an authenticated session."""
+        try:
+            self.admission.admit_send(user)
+            # Synchronously when the membership is cached, no earlier send of this
+            # session is still waiting, and no on_message hook must run before store.
+            members = self._members.get(cmd.conv)
+            gate = session.send_gate
+            store = self._store
+            if (
+                members is not None
+                and (gate is None or gate.done())
+                and self.hooks.on_message is None
+                and isinstance(store, GuardedStore)
+                and store.nowait_ok
+            ):
+                self._send_now(session, cmd, members, store)
+                return
+        except CommandError as err:
+            session.emit_error(cmd, err)
+            return
+        except StoreError as exc:
+            session.emit_error(cmd, _store_error(exc))
+            return
+        self._spawn(self._run(session, cmd, self._send(session, cmd)))
 
     async def commands_done(self, grace: float) -> None:
         """Waits at most ``grace`` seconds until no command is in flight (the node's
@@ -1029,7 +1047,7 @@ class Node:
                 if other is not session:
                     other.emit(Kind.CONVERSATION, conv=conv.id, obj=desc)
 
-    _handlers: Final[dict[Kind, Callable[[Node, Session, Command], Coroutine[Any, Any, None]]]] = {
+    _handlers: Final[dict[int, Callable[[Node, Session, Command], Coroutine[Any, Any, None]]]] = {
         Kind.SEND: _send,
         Kind.SYNC: _sync,
         Kind.CURSOR: _cursor,

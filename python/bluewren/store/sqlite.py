@@ -206,7 +206,8 @@ class _WriteOp:
     transaction; it may raise a StoreError only before it has written anything, unless
     ``isolated`` (then it runs inside a savepoint that is rolled back on error)."""
 
-    run: Callable[[sqlite3.Connection], Any]
+    run: Callable[[sqlite3.Connection], Any] | None
+    """None for a single append (``message``): it runs as ``_append_one``."""
     future: asyncio.Future[Any] | None
     size: int
     isolated: bool
@@ -217,6 +218,8 @@ class _WriteOp:
     future: saves a future and a scheduled callback per write on the hot path."""
     message: NewMessage | None = None
     """Set for a single append: runs of them are written together (``_append_run``)."""
+    answered: bool = False
+    """Set once ``_resolve`` has handed the outcome over (it happens once)."""
 
 
 @dataclass(slots=True)
@@ -490,7 +493,7 @@ class SQLiteStore(Store):
 
     def _submit(
         self,
-        run: Callable[[sqlite3.Connection], _T],
+        run: Callable[[sqlite3.Connection], _T] | None,
         *,
         size: int = 1,
         isolated: bool = True,
@@ -521,7 +524,7 @@ class SQLiteStore(Store):
                 continue
             batch = self._take_batch(pending)
             try:
-                await loop.run_in_executor(writer, self._commit_batch, batch)
+                await loop.run_in_executor(writer, self._commit_and_answer, batch, loop)
             except asyncio.CancelledError:
                 for op in batch:
                     op.error = StoreUnavailableError(
@@ -535,9 +538,7 @@ class SQLiteStore(Store):
             except Exception as exc:
                 for op in batch:
                     op.error = self._translate(exc)
-            # Resolved in the loop's next pass: the next batch (or a due checkpoint) goes
-            # to the writer first, so it runs while the loop answers this one.
-            loop.call_soon(self._resolve, batch)
+                loop.call_soon(self._resolve, batch)
             if self._checkpoint_due:
                 self._checkpoint_due = False
                 checkpointing = self._checkpointing
@@ -556,8 +557,11 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _resolve(batch: list[_WriteOp]) -> None:
-        """Hands each op's outcome to its caller, in commit order."""
+        """Hands each op's outcome to its caller, in commit order (once)."""
         for op in batch:
+            if op.answered:
+                continue
+            op.answered = True
             callback = op.callback
             if callback is not None:
                 try:
@@ -584,6 +588,16 @@ class SQLiteStore(Store):
         batch = pending[:count]
         del pending[:count]
         return batch
+
+    def _commit_and_answer(self, batch: list[_WriteOp], loop: asyncio.AbstractEventLoop) -> None:
+        """Commits ``batch`` (writer thread), then has the loop answer it at once.
+
+        Scheduled from here, the answers run in the loop's next pass, ahead of the
+        batching task's wake-up (which the executor schedules after this returns): the
+        callers of a batch do not wait a loop pass more for the next batch to be sent
+        to this thread."""
+        self._commit_batch(batch)
+        loop.call_soon_threadsafe(self._resolve, batch)
 
     def _commit_batch(self, batch: list[_WriteOp]) -> None:
         """Runs ``batch`` in one transaction on the writer thread; fills each op's outcome."""
@@ -632,6 +646,12 @@ class SQLiteStore(Store):
 
     def _count_appends(self, result: object) -> None:
         results: Iterable[object]
+        if type(result) is AppendResult:
+            if result.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.appended += 1
+            return
         if isinstance(result, AppendResult):
             results = (result,)
         elif isinstance(result, list):
@@ -645,17 +665,26 @@ class SQLiteStore(Store):
                 else:
                     self.stats.appended += 1
 
-    @staticmethod
-    def _run_op(conn: sqlite3.Connection, op: _WriteOp) -> None:
+    @classmethod
+    def _run_op(cls, conn: sqlite3.Connection, op: _WriteOp) -> None:
+        run = op.run
+        if run is None:
+            message = op.message
+            assert message is not None
+            try:
+                op.result = cls._append_one(conn, message)
+            except StoreError as exc:
+                op.error = exc
+            return
         if not op.isolated:
             try:
-                op.result = op.run(conn)
+                op.result = run(conn)
             except StoreError as exc:
                 op.error = exc
             return
         conn.execute("SAVEPOINT op")
         try:
-            op.result = op.run(conn)
+            op.result = run(conn)
         except StoreError as exc:
             conn.execute("ROLLBACK TO op")
             op.error = exc
@@ -800,9 +829,7 @@ class SQLiteStore(Store):
         returns after that transaction committed.
         """
         message = NewMessage(conv, sender, device, cmid, body, kind).validated()
-        return await self._submit(
-            lambda conn: self._append_one(conn, message), isolated=False, message=message
-        )
+        return await self._submit(None, isolated=False, message=message)
 
     def append_nowait(
         self,
@@ -819,18 +846,9 @@ class SQLiteStore(Store):
         batch has committed (or failed). Argument errors and a closed store raise here.
         Callbacks run in commit order."""
         message = NewMessage(conv, sender, device, cmid, body, kind).validated()
-        self._loop_or_raise()
-        append_one = self._append_one
-        self._pending.append(
-            _WriteOp(
-                lambda conn: append_one(conn, message),
-                None,
-                1,
-                False,
-                callback=callback,
-                message=message,
-            )
-        )
+        if self._state != "open" or self._loop is not asyncio.get_running_loop():
+            self._loop_or_raise()  # raises the error that explains which
+        self._pending.append(_WriteOp(None, None, 1, False, callback=callback, message=message))
         wakeup = self._wakeup
         assert wakeup is not None
         wakeup.set()
