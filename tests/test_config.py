@@ -40,6 +40,7 @@ BAD_VALUES: dict[str, object] = {
     "outbox_max_bytes": -1,
     "sqlite_synchronous": "OFF",
     "store_wal_checkpoint_pages": 0,
+    "store_batch_max": 0,
     "shutdown_timeout": 0,
     "tcp_port": 70000,
     "send_rate": 0,

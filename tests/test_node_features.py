@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -26,7 +27,8 @@ from bluewren.client import Client, ClientError, ConnectionLost, Event
 from bluewren.node import CloseCode, ErrorCode, Kind, Node, NodeConfig, NodeConfigError
 from bluewren.node.hooks import MessageContext, Reject, Rewrite
 from bluewren.node.limits import TokenBucket
-from bluewren.store import StoredMessage
+from bluewren.store import SQLiteStore, StoredMessage
+from bluewren.store.guarded import GuardedStore
 from conftest import NodeRunner, NodeScenario, node_runner
 
 SECRET = "s" * 48
@@ -762,3 +764,21 @@ def test_embed_bot_example_runs_and_echoes() -> None:
     assert "alice got: echo: hello bot" in result.stdout
     assert "mallory refused: AUTH_FAILED" in result.stdout
     assert "spam refused: FORBIDDEN" in result.stdout
+
+
+def test_store_batch_max_caps_the_sends_committed_together(run: Run) -> None:
+    """``store_batch_max`` reaches the store: 40 SENDs in flight at once are committed
+    in transactions of at most 4, and every one is acknowledged in order."""
+
+    async def scenario(node: Node) -> None:
+        chat = await node.store.create_direct("alice", "bob")
+        alice = await connect(node, "alice")
+        acks = await asyncio.gather(*(alice.send(chat.id, f"m{i}") for i in range(40)))
+        assert sorted(a.seq for a in acks) == list(range(1, 41))
+        inner = cast(GuardedStore, node.store).inner
+        stats = cast(SQLiteStore, inner).stats
+        assert 1 < stats.largest_batch <= 4
+        assert stats.commits >= 10
+        await close_all(alice)
+
+    run(scenario, store_batch_max=4)

@@ -100,6 +100,7 @@ class NodeConfig:
     outbox_max_bytes: int = 8 * 1024 * 1024
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     store_wal_checkpoint_pages: int = 1000
+    store_batch_max: int = 1024
     shutdown_timeout: float = 10.0
     tcp_port: int | None = None
     send_rate: float = 50.0
@@ -306,6 +307,7 @@ class NodeConfig:
             "max_presence_query",
             "receipts_max_members",
             "store_wal_checkpoint_pages",
+            "store_batch_max",
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -211,6 +211,7 @@ class Node:
                 self.config.database_path,
                 synchronous=self.config.sqlite_synchronous,
                 wal_checkpoint_pages=self.config.store_wal_checkpoint_pages,
+                batch_max=self.config.store_batch_max,
             )
             await self._store.open()
         if not isinstance(self._store, GuardedStore):

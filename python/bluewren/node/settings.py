@@ -66,6 +66,7 @@ FIELD_HELP: Final[Mapping[str, str]] = {
     "sqlite_synchronous": "SQLite synchronous mode: NORMAL (WAL, fast) or FULL.",
     "store_wal_checkpoint_pages": "Write-ahead log pages at which the store checkpoints "
     "(between commits, off the commit path).",
+    "store_batch_max": "Most messages the store commits in one transaction (group commit).",
     "shutdown_timeout": "Seconds a graceful stop may take before connections are cut.",
     "tcp_port": "Raw TCP listener port; unset: off, 0 picks a free one.",
     "send_rate": "SEND messages per second per connection (token bucket rate).",
