@@ -107,6 +107,9 @@ from bluewren.store.base import (
     check_role,
     check_seq,
     check_user,
+    new_append_result,
+    new_message,
+    new_stored_message,
 )
 from bluewren.store.migrations import MIGRATIONS, apply_migrations
 
@@ -184,7 +187,7 @@ def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
         cmid = 0
     elif cmid < 0:
         cmid += _U64
-    return StoredMessage(conv, seq, sender, device, cmid, body, kind, created_at)
+    return new_stored_message(conv, seq, sender, device, cmid, body, kind, created_at)
 
 
 class _Fallback(Exception):
@@ -731,8 +734,8 @@ class SQLiteStore(Store):
             return
         conn.execute("RELEASE run")
         for op, m, r in zip(ops, messages, rows, strict=True):
-            op.result = AppendResult(
-                StoredMessage(m.conv, r[1], m.sender, m.device, m.cmid, m.body, m.kind, now),
+            op.result = new_append_result(
+                new_stored_message(m.conv, r[1], m.sender, m.device, m.cmid, m.body, m.kind, now),
                 False,
             )
 
@@ -845,7 +848,7 @@ class SQLiteStore(Store):
         ``callback(result, None)`` or ``callback(None, error)`` on the loop once its
         batch has committed (or failed). Argument errors and a closed store raise here.
         Callbacks run in commit order."""
-        message = NewMessage(conv, sender, device, cmid, body, kind).validated()
+        message = new_message(conv, sender, device, cmid, body, kind).validated()
         if self._state != "open" or self._loop is not asyncio.get_running_loop():
             self._loop_or_raise()  # raises the error that explains which
         self._pending.append(_WriteOp(None, None, 1, False, callback=callback, message=message))
