@@ -44,12 +44,16 @@ class TokenBucket:
     def take(self) -> float | None:
         """Takes a token: None if there was one, else the seconds until there is one."""
         now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        burst = self.burst
+        if tokens > burst:
+            tokens = burst
         self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             return None
-        return (1.0 - self._tokens) / self.rate
+        self._tokens = tokens
+        return (1.0 - tokens) / self.rate
 
 
 class ConnectionLimits:

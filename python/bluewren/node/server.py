@@ -31,6 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable
+from functools import partial
 from typing import Any, Final, cast
 
 from bluewren import (
@@ -737,11 +738,7 @@ class Node:
             raise CommandError(
                 ErrorCode.NOT_MEMBER, f"you are not a member of conversation {cmd.conv}"
             )
-        started = time.perf_counter()
-
-        def done(result: AppendResult | None, error: BaseException | None) -> None:
-            self._send_done(session, cmd, members, started, result, error)
-
+        done = partial(self._send_done, session, cmd, members, time.perf_counter())
         store.append_nowait(cmd.conv, user, device, cmd.cmid, body, done)
         self._sends_in_flight += 1
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bluewren import FrameDecoder, FrameError, encode_frame, encode_frames
+from bluewren import FrameDecoder, FrameError, decode_frames, encode_frame, encode_frames
 from bluewren.node.commands import COMMANDS, ErrorCode, Kind, encode_envelope
 from bluewren.store import StoredMessage
 
@@ -141,9 +141,18 @@ class BinaryCodec(Codec):
             return [], CommandError(
                 ErrorCode.BAD_FRAME, "bluewren.v1 carries binary messages only; got a text message"
             )
+        try:  # the common case: whole, valid frames
+            frames = decode_frames(payload, self._max_body)
+        except FrameError:
+            pass  # decoded again below, to keep the frames before the bad one
+        else:
+            return [
+                Command(kind, conv, seq, cmid, body, None, flags)
+                for kind, flags, conv, seq, cmid, body in frames
+            ], None
         error: CommandError | None = None
         # FrameDecoder rather than decode_frames: its FrameError carries the frames
-        # before the bad one (decode_frames' does not), and those must still be handled.
+        # before the bad one in every case, and those must still be handled.
         decoder = FrameDecoder(self._max_body)
         try:
             frames = decoder.feed(payload)
