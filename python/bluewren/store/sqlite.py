@@ -12,6 +12,8 @@ library's ``sqlite3``. Nothing touches the database on the event loop:
   lets a node acknowledge only durable messages. Under load a batch grows to whatever
   arrived during one commit, so the number of commits (and of syncs) stays roughly
   constant while throughput grows. ``batch_max=1`` gives one transaction per write.
+  The writer thread hands a committed batch straight back to the loop, so its callers
+  are answered in the loop's next pass, before the next batch is even taken.
 * **Readers in parallel.** Reads run on their own thread(s) and connections; WAL lets
   them read the last committed state while the writer writes. A write's result is
   visible to every read started after its awaitable completed.
