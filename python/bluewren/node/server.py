@@ -777,10 +777,11 @@ class Node:
                             "request_id": next_request_id(session.conn_id),
                         },
                     )
-            session.emit(Kind.ACK, conv=message.conv, seq=message.seq, cmid=message.cmid)
+            session.emit_ack(message.conv, message.seq, message.cmid)
             if not result.duplicate:
                 self._publish(message, session, members)
-                self._after_store(message)
+                if self.hooks.after_store is not None:
+                    self._after_store(message)
         except Exception:
             log.exception("command %s of %r failed", _kind_name(cmd.kind), session)
             session.emit_error(

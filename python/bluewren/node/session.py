@@ -127,6 +127,11 @@ class SessionEvents:
         if not self.is_closed:
             self._queue([self.codec.event(kind, conv=conv, seq=seq, cmid=cmid, obj=obj)])
 
+    def emit_ack(self, conv: int, seq: int, cmid: int) -> None:
+        """Queues the ACK of a stored SEND (``emit(Kind.ACK, ...)``, on the hot path)."""
+        if not self.is_closed:
+            self._queue([self.codec.ack(conv, seq, cmid)])
+
     def emit_payloads(self, payloads: list[bytes]) -> None:
         """Queues already-encoded messages of this connection's encoding."""
         if not self.is_closed:

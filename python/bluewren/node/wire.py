@@ -25,6 +25,9 @@ OP_BINARY: Final = 2
 _U64_MAX: Final = (1 << 64) - 1
 
 
+_ACK: Final = int(Kind.ACK)
+
+
 class CommandError(Exception):
     """A command failed in a way the client is told about with an ERROR event."""
 
@@ -106,6 +109,10 @@ class Codec:
         """One event whose body is the JSON object ``obj`` (none if ``obj`` is None)."""
         raise NotImplementedError
 
+    def ack(self, conv: int, seq: int, cmid: int) -> bytes:
+        """The ACK of a stored SEND: ``event(Kind.ACK, ...)``, on the hot path."""
+        return self.event(Kind.ACK, conv=conv, seq=seq, cmid=cmid)
+
     def deliveries(self, messages: list[StoredMessage]) -> list[bytes]:
         """DELIVER events for ``messages``, as WebSocket message payloads."""
         raise NotImplementedError
@@ -182,6 +189,9 @@ class BinaryCodec(Codec):
         obj: dict[str, Any] | None = None,
     ) -> bytes:
         return encode_frame(int(kind), _json(obj) if obj is not None else None, conv, seq, cmid)
+
+    def ack(self, conv: int, seq: int, cmid: int) -> bytes:
+        return encode_frame(_ACK, None, conv, seq, cmid)
 
     def deliveries(self, messages: list[StoredMessage]) -> list[bytes]:
         # A replay packs many frames into one message: one header per message, one write.

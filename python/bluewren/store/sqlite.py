@@ -92,6 +92,7 @@ from bluewren.errors import (
     StoreUnavailableError,
 )
 from bluewren.store.base import (
+    CMID_MAX,
     DEFAULT_KIND,
     ERASED_KIND,
     AppendResult,
@@ -850,7 +851,20 @@ class SQLiteStore(Store):
         ``callback(result, None)`` or ``callback(None, error)`` on the loop once its
         batch has committed (or failed). Argument errors and a closed store raise here.
         Callbacks run in commit order."""
-        message = new_message(conv, sender, device, cmid, body, kind).validated()
+        if (
+            type(conv) is int
+            and 0 < conv <= _I64_MAX
+            and type(sender) is str
+            and sender
+            and type(device) is str
+            and type(cmid) is int
+            and 0 <= cmid <= CMID_MAX
+            and type(body) is bytes
+            and kind == DEFAULT_KIND
+        ):  # the node's case, checked inline: what validated() accepts
+            message = new_message(conv, sender, device, cmid, body, kind)
+        else:
+            message = NewMessage(conv, sender, device, cmid, body, kind).validated()
         if self._state != "open" or self._loop is not asyncio.get_running_loop():
             self._loop_or_raise()  # raises the error that explains which
         self._pending.append(_WriteOp(None, None, 1, False, callback=callback, message=message))
