@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,6 +115,109 @@ def test_group_commit_puts_1000_concurrent_appends_in_far_fewer_commits(run: Run
             assert store.stats.largest_batch > 1
 
     run(scenario())
+
+
+def test_append_nowait_answers_each_append_in_commit_order_on_the_loop(run: Run, db: Path) -> None:
+    """The node's path: no future per write; ``callback(result, None)`` once per append,
+    in the order they were made, with the same results ``append`` gives (a retry is a
+    duplicate carrying the original)."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            conv = (await store.create_direct("a", "b")).id
+            loop = asyncio.get_running_loop()
+            answers: list[tuple[int, AppendResult | None, BaseException | None]] = []
+            done = loop.create_future()
+
+            def callback(i: int, result: AppendResult | None, error: BaseException | None) -> None:
+                assert asyncio.get_running_loop() is loop
+                answers.append((i, result, error))
+                if len(answers) == 101:
+                    done.set_result(None)
+
+            for i in range(100):
+                store.append_nowait(
+                    conv, "a", "phone", i + 1, b"m%d" % i, lambda r, e, i=i: callback(i, r, e)
+                )
+            store.append_nowait(conv, "a", "phone", 7, b"again", lambda r, e: callback(100, r, e))
+            await asyncio.wait_for(done, 10)
+            assert [i for i, _, _ in answers] == list(range(101))
+            assert all(error is None for _, _, error in answers)
+            results = [r for _, r, _ in answers if r is not None]
+            assert [r.message.seq for r in results[:100]] == list(range(1, 101))
+            assert not any(r.duplicate for r in results[:100])
+            assert results[100].duplicate
+            assert results[100].message == results[6].message
+            assert await history_all(store, conv) == [r.message for r in results[:100]]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ((0, "a", "d", 1, b"x"), "conv"),
+        ((True, "a", "d", 1, b"x"), "conv"),
+        ((1 << 63, "a", "d", 1, b"x"), "conv"),
+        ((1, "", "d", 1, b"x"), "sender"),
+        ((1, "a", 5, 1, b"x"), "device"),
+        ((1, "a", "d", -1, b"x"), "cmid"),
+        ((1, "a", "d", 1 << 64, b"x"), "cmid"),
+        ((1, "a", "d", 1, "text"), "body"),
+        ((1, "a", "d", 1, bytearray(b"x")), "body"),
+    ],
+)
+def test_append_nowait_refuses_a_bad_argument_at_once_naming_it(
+    run: Run, db: Path, args: tuple[Any, ...], field: str
+) -> None:
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            await store.create_direct("a", "b")
+            with pytest.raises(StoreArgumentError) as caught:
+                store.append_nowait(*args, lambda r, e: None)
+            assert caught.value.field == field
+            with pytest.raises(StoreArgumentError) as caught:
+                store.append_nowait(1, "a", "d", 1, b"x", lambda r, e: None, kind="erased")
+            assert caught.value.field == "kind"
+            assert store.stats.appended == 0
+
+    run(scenario())
+
+
+def test_append_nowait_belongs_to_the_loop_the_store_was_opened_on(db: Path) -> None:
+    """From another thread's loop, or from a new loop after the store's own stopped,
+    append_nowait raises at once and queues nothing; on a closed store, StoreClosedError."""
+    store = SQLiteStore(db)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(store.open())
+        first.run_until_complete(store.create_direct("a", "b"))
+
+        async def append_here() -> None:
+            store.append_nowait(1, "a", "d", 1, b"x", lambda r, e: None)
+
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                asyncio.run(append_here())
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1
+        assert isinstance(errors[0], StoreError)
+        assert "belongs to the event loop it was opened on" in str(errors[0])
+        with pytest.raises(StoreError, match="belongs to the event loop"):
+            asyncio.run(append_here())  # same thread, another loop
+        assert not store._pending
+        first.run_until_complete(store.close())
+        with pytest.raises(StoreClosedError):
+            first.run_until_complete(append_here())
+    finally:
+        first.close()
 
 
 def test_batch_max_one_commits_each_append_alone(run: Run, db: Path) -> None:

@@ -260,7 +260,9 @@ class GuardedStore(Store):
         call = _Append(self, token, breaker._clock(), done)
         timeout = breaker._timeout
         if timeout is not None:
-            loop = self._loop = asyncio.get_running_loop()
+            loop = self._loop
+            if loop is None or not loop.is_running():  # (get_running_loop costs a getpid)
+                loop = self._loop = asyncio.get_running_loop()
             call.deadline = loop.time() + timeout
             self._in_flight.append(call)
             if self._sweeper is None:

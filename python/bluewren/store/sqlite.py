@@ -296,6 +296,7 @@ class SQLiteStore(Store):
         self.stats = StoreStats()
         self._state: Literal["new", "opening", "open", "closing", "closed"] = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._writer: ThreadPoolExecutor | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
         self._readers = _Readers()
@@ -341,6 +342,7 @@ class SQLiteStore(Store):
         self._checkpointing = None
         self._readers = _Readers()
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self._pending = []
         self._wakeup = asyncio.Event()
         self._state = "open"
@@ -865,7 +867,15 @@ class SQLiteStore(Store):
             message = new_message(conv, sender, device, cmid, body, kind)
         else:
             message = NewMessage(conv, sender, device, cmid, body, kind).validated()
-        if self._state != "open" or self._loop is not asyncio.get_running_loop():
+        loop = self._loop
+        # On its thread and running, the store's loop is the running loop: checked
+        # without asyncio.get_running_loop(), which costs a getpid() system call.
+        if (
+            self._state != "open"
+            or self._loop_thread != threading.get_ident()
+            or loop is None
+            or not loop.is_running()
+        ):
             self._loop_or_raise()  # raises the error that explains which
         self._pending.append(_WriteOp(None, None, 1, False, callback=callback, message=message))
         wakeup = self._wakeup
