@@ -89,7 +89,6 @@ RETRY_AFTER: Final = 1.0
 
 _Members = dict[str, Member]
 _SEND: Final = int(Kind.SEND)
-_ACK: Final = int(Kind.ACK)
 
 
 class Node:
@@ -1046,8 +1045,8 @@ class Node:
                 if other is not session:
                     other.emit(Kind.CONVERSATION, conv=conv.id, obj=desc)
 
+    # Every command but HELLO and SEND (``handle`` dispatches those itself).
     _handlers: Final[dict[int, Callable[[Node, Session, Command], Coroutine[Any, Any, None]]]] = {
-        Kind.SEND: _send,
         Kind.SYNC: _sync,
         Kind.CURSOR: _cursor,
         Kind.CREATE_DIRECT: _create_direct,
