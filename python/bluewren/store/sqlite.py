@@ -877,7 +877,7 @@ class SQLiteStore(Store):
             or not loop.is_running()
         ):
             self._loop_or_raise()  # raises the error that explains which
-        self._pending.append(_WriteOp(None, None, 1, False, callback=callback, message=message))
+        self._pending.append(_WriteOp(None, None, 1, False, None, None, callback, message))
         wakeup = self._wakeup
         assert wakeup is not None
         wakeup.set()
