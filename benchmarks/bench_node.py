@@ -380,9 +380,30 @@ async def bench(args: argparse.Namespace, port: int, pid: int) -> dict[str, floa
     return out
 
 
+LATEST_BEGIN = "<!-- latest run: written by benchmarks/bench_node.py; edits here are lost -->"
+LATEST_END = "<!-- end of the latest run -->"
+
+
+def merge_report(old: str | None, block: str) -> str:
+    """``old`` with its latest-run block replaced by ``block`` (inserted after the title
+    if it has none), so a run never erases the history written below it."""
+    title = "# Node throughput (benchmarks/bench_node.py)"
+    fenced = f"{LATEST_BEGIN}\n{block.rstrip()}\n{LATEST_END}"
+    if not old:
+        return f"{title}\n\n{fenced}\n"
+    if LATEST_BEGIN in old and LATEST_END in old:
+        head, _, rest = old.partition(LATEST_BEGIN)
+        _, _, tail = rest.partition(LATEST_END)
+        return f"{head}{fenced}{tail}"
+    first, newline, rest = old.partition("\n")
+    if first.startswith("# "):
+        return f"{first}\n\n{fenced}\n{rest}" if newline else f"{first}\n\n{fenced}\n"
+    return f"{title}\n\n{fenced}\n\n{old}"
+
+
 def write_report(path: Path, args: argparse.Namespace, r: dict[str, float], cmd: str) -> None:
     lines = [
-        "# Node throughput (benchmarks/bench_node.py)",
+        "## Latest run",
         "",
         f"Command: `{cmd}`",
         "",
@@ -409,7 +430,8 @@ def write_report(path: Path, args: argparse.Namespace, r: dict[str, float], cmd:
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    old = path.read_text() if path.exists() else None
+    path.write_text(merge_report(old, "\n".join(lines)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
