@@ -430,56 +430,52 @@ class Node:
                 pending.append(cmd)  # the on_connect hook is deciding: keep the order
                 return
         identity = session.identity
-        if cmd.kind == _SEND and identity is not None:
-            self._handle_send(session, cmd, identity.user)
-            return
         try:
-            if cmd.kind not in COMMANDS:
-                raise CommandError(
-                    ErrorCode.UNKNOWN_KIND, f"kind 0x{cmd.kind:02x} is not a command"
-                )
-            if cmd.kind == Kind.HELLO:
-                self._hello(session, cmd)
-                return
-            if identity is None:
-                raise CommandError(
-                    ErrorCode.NOT_AUTHENTICATED, "send HELLO with a token before anything else"
-                )
-            handler = self._handlers[cmd.kind]
-            self.limits.admit(session.conn_id, cmd)
+            if cmd.kind == _SEND and identity is not None:  # the hot path first
+                if self._send_sync(session, cmd, identity.user):
+                    return
+                work = self._send(session, cmd)
+            else:
+                if cmd.kind not in COMMANDS:
+                    raise CommandError(
+                        ErrorCode.UNKNOWN_KIND, f"kind 0x{cmd.kind:02x} is not a command"
+                    )
+                if cmd.kind == Kind.HELLO:
+                    self._hello(session, cmd)
+                    return
+                if identity is None:
+                    raise CommandError(
+                        ErrorCode.NOT_AUTHENTICATED, "send HELLO with a token before anything else"
+                    )
+                self.limits.admit(session.conn_id, cmd)
+                work = self._handlers[cmd.kind](self, session, cmd)
         except CommandError as err:
             session.emit_error(cmd, err)
             return
         except StoreError as exc:
             session.emit_error(cmd, _store_error(exc))
             return
-        self._spawn(self._run(session, cmd, handler(self, session, cmd)))
+        self._spawn(self._run(session, cmd, work))
 
-    def _handle_send(self, session: Session, cmd: Command, user: str) -> None:
-        """The hot path: a SEND of an authenticated session."""
-        try:
-            self.admission.admit_send(user)
-            # Synchronously when the membership is cached, no earlier send of this
-            # session is still waiting, and no on_message hook must run before store.
-            members = self._members.get(cmd.conv)
-            gate = session.send_gate
-            store = self._store
-            if (
-                members is not None
-                and (gate is None or gate.done())
-                and self.hooks.on_message is None
-                and isinstance(store, GuardedStore)
-                and store.nowait_ok
-            ):
-                self._send_now(session, cmd, members, store)
-                return
-        except CommandError as err:
-            session.emit_error(cmd, err)
-            return
-        except StoreError as exc:
-            session.emit_error(cmd, _store_error(exc))
-            return
-        self._spawn(self._run(session, cmd, self._send(session, cmd)))
+    def _send_sync(self, session: Session, cmd: Command, user: str) -> bool:
+        """A SEND of an authenticated session, admitted and, when possible, submitted
+        now: True if it was (the ACK follows from the store's completion), False if it
+        needs the task (membership not cached, an earlier send of this session still
+        waiting, or an on_message hook that must run before store)."""
+        self.admission.admit_send(user)
+        members = self._members.get(cmd.conv)
+        gate = session.send_gate
+        store = self._store
+        if (
+            members is not None
+            and (gate is None or gate.done())
+            and self.hooks.on_message is None
+            and isinstance(store, GuardedStore)
+            and store.nowait_ok
+        ):
+            self._send_now(session, cmd, members, store)
+            return True
+        return False
 
     async def commands_done(self, grace: float) -> None:
         """Waits at most ``grace`` seconds until no command is in flight (the node's
