@@ -775,8 +775,7 @@ class Node:
             session.emit_ack(message.conv, message.seq, message.cmid)
             if not result.duplicate:
                 self._publish(message, session, members)
-                if self.hooks.after_store is not None:
-                    self._after_store(message)
+                self._after_store(message)
         except Exception:
             log.exception("command %s of %r failed", _kind_name(cmd.kind), session)
             session.emit_error(

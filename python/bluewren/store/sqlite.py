@@ -92,7 +92,6 @@ from bluewren.errors import (
     StoreUnavailableError,
 )
 from bluewren.store.base import (
-    CMID_MAX,
     DEFAULT_KIND,
     ERASED_KIND,
     AppendResult,
@@ -443,6 +442,10 @@ class SQLiteStore(Store):
             raise StoreClosedError()
         loop = self._loop
         assert loop is not None
+        # Running, on the thread it was opened on, the store's loop is the running loop:
+        # known without asyncio.get_running_loop(), which costs a getpid() system call.
+        if self._loop_thread == threading.get_ident() and loop.is_running():
+            return loop
         if asyncio.get_running_loop() is not loop:
             raise StoreError(
                 f"{self!r} belongs to the event loop it was opened on: call it from that "
@@ -654,12 +657,6 @@ class SQLiteStore(Store):
 
     def _count_appends(self, result: object) -> None:
         results: Iterable[object]
-        if type(result) is AppendResult:
-            if result.duplicate:
-                self.stats.duplicates += 1
-            else:
-                self.stats.appended += 1
-            return
         if isinstance(result, AppendResult):
             results = (result,)
         elif isinstance(result, list):
@@ -726,9 +723,7 @@ class SQLiteStore(Store):
                 conv = m.conv
                 seq = seqs[conv] + 1
                 seqs[conv] = seq
-                cmid = m.cmid
-                db_cmid = cmid if 0 < cmid <= _I64_MAX else _cmid_to_db(cmid)
-                append((conv, seq, m.sender, m.device, db_cmid, m.body, m.kind, now))
+                append((conv, seq, m.sender, m.device, _cmid_to_db(m.cmid), m.body, m.kind, now))
             if conn.executemany(_INSERT_MESSAGE, rows).rowcount != len(rows):
                 raise _Fallback  # a retry among them: it must get the original back
         except (_Fallback, sqlite3.IntegrityError):
@@ -853,30 +848,8 @@ class SQLiteStore(Store):
         ``callback(result, None)`` or ``callback(None, error)`` on the loop once its
         batch has committed (or failed). Argument errors and a closed store raise here.
         Callbacks run in commit order."""
-        if (
-            type(conv) is int
-            and 0 < conv <= _I64_MAX
-            and type(sender) is str
-            and sender
-            and type(device) is str
-            and type(cmid) is int
-            and 0 <= cmid <= CMID_MAX
-            and type(body) is bytes
-            and kind == DEFAULT_KIND
-        ):  # the node's case, checked inline: what validated() accepts
-            message = new_message(conv, sender, device, cmid, body, kind)
-        else:
-            message = NewMessage(conv, sender, device, cmid, body, kind).validated()
-        loop = self._loop
-        # On its thread and running, the store's loop is the running loop: checked
-        # without asyncio.get_running_loop(), which costs a getpid() system call.
-        if (
-            self._state != "open"
-            or self._loop_thread != threading.get_ident()
-            or loop is None
-            or not loop.is_running()
-        ):
-            self._loop_or_raise()  # raises the error that explains which
+        message = new_message(conv, sender, device, cmid, body, kind).validated()
+        self._loop_or_raise()
         self._pending.append(_WriteOp(None, None, 1, False, None, None, callback, message))
         wakeup = self._wakeup
         assert wakeup is not None
