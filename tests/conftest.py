@@ -96,8 +96,11 @@ def node_runner(
 CLI_TIMEOUT = 60.0
 
 
-def bluewren_cli(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m bluewren ARGS [--data-dir DIR]`` as a subprocess; its output captured."""
+def bluewren_cli(
+    *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bluewren ARGS [--data-dir DIR]`` as a subprocess (in ``env``, else this
+    process's environment); its output captured."""
     extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
     return subprocess.run(
         [sys.executable, "-m", "bluewren", *args, *extra],
@@ -105,6 +108,7 @@ def bluewren_cli(*args: str, data_dir: Path | None = None) -> subprocess.Complet
         text=True,
         timeout=CLI_TIMEOUT,
         check=False,
+        env=env,
     )
 
 

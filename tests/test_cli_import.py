@@ -186,6 +186,17 @@ def test_a_conversation_of_another_kind_is_a_conflict_and_nothing_is_written(
     assert rows(d, "SELECT COUNT(*) FROM conversations") == [(1,)]
 
 
+GOOD_MESSAGE = {
+    "conv": 1,
+    "seq": 1,
+    "device": "d",
+    "cmid": 1,
+    "kind": "text",
+    "created_at": 1.0,
+    "body_base64": "aGk=",
+}
+
+
 def test_messages_in_a_conversation_left_and_unknown_to_the_store_are_skipped(
     tmp_path: Path,
 ) -> None:
@@ -197,17 +208,7 @@ def test_messages_in_a_conversation_left_and_unknown_to_the_store_are_skipped(
                 "user": "eve",
                 "exported_at": 1.0,
                 "memberships": [],
-                "messages": [
-                    {
-                        "conv": 7,
-                        "seq": 1,
-                        "device": "d",
-                        "cmid": 1,
-                        "kind": "text",
-                        "created_at": 1.0,
-                        "body_base64": "aGk=",
-                    }
-                ],
+                "messages": [{**GOOD_MESSAGE, "conv": 7}],
                 "cursors": [],
                 "read_marks": [],
             }
@@ -218,17 +219,6 @@ def test_messages_in_a_conversation_left_and_unknown_to_the_store_are_skipped(
     assert "0 added, 0 already present, 0 renumbered, 1 skipped" in result.stdout
     assert "skipped 1 messages in conversations the store does not have" in result.stderr
     assert "(7)" in result.stderr
-
-
-GOOD_MESSAGE = {
-    "conv": 1,
-    "seq": 1,
-    "device": "d",
-    "cmid": 1,
-    "kind": "text",
-    "created_at": 1.0,
-    "body_base64": "aGk=",
-}
 
 
 def _export_text(**changes: Any) -> str:

@@ -129,9 +129,9 @@ def test_sessions_keep_no_instance_dict_and_no_timer_of_their_own(run: NodeRunne
 
 def test_hello_timeout_then_token_expiry_close_codes(run: NodeRunner) -> None:
     async def scenario(node: Node) -> None:
-        client = Client(node.url, node.issuer.mint("bob", ttl=2), reconnect=False)
+        client = Client(node.url, node.issuer.mint("bob", ttl=3), reconnect=False)
         await client.connect()
-        # The HELLO deadline (0.3 s) was replaced by the token's (1 to 2 s away, since
+        # The HELLO deadline (0.3 s) was replaced by the token's (2 to 3 s away, since
         # exp is whole seconds): still open past the first.
         await asyncio.sleep(0.5)
         assert client.connected

@@ -1021,14 +1021,17 @@ def test_wal_is_checkpointed_off_the_commit_path_and_stays_bounded(run: Run, db:
     # conversation's row), so 500 of them write some 2,000 frames.
     limit = 40
 
-    async def scenario(pages: int, slow: float = 0.0) -> tuple[list[int], int]:
+    async def scenario(pages: int, held: bool = False) -> tuple[list[int], int]:
         seen: list[int] = []
+        # With ``held``, step 1 of the checkpoint waits until the log has reached the
+        # bound: a checkpoint thread that falls as far behind the commits as it can.
+        bound_reached = threading.Event()
         async with SQLiteStore(db, wal_checkpoint_pages=pages) as store:
-            if slow:  # a checkpoint thread that falls far behind the commits
+            if held:
                 aside = store._checkpoint_aside
 
                 def slow_aside() -> None:
-                    time.sleep(slow)
+                    bound_reached.wait(30)
                     aside()
 
                 store._checkpoint_aside = slow_aside  # type: ignore[method-assign]
@@ -1036,6 +1039,8 @@ def test_wal_is_checkpointed_off_the_commit_path_and_stays_bounded(run: Run, db:
             for i in range(500):
                 await store.append(conv, "a", "d", i + 1, b"x" * 100)
                 seen.append(wal_frames(db))
+                if seen[-1] >= 8 * pages:  # the bound (_WAL_RESTART_FACTOR)
+                    bound_reached.set()
             assert await store.last_seq(conv) == 500
             return seen, store.stats.checkpoints
 
@@ -1065,9 +1070,9 @@ def test_wal_is_checkpointed_off_the_commit_path_and_stays_bounded(run: Run, db:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
-    # Step 1 takes 0.3 s, far longer than the log takes to reach the bound: the writer
-    # waits for it there, so the bound holds anyway.
-    seen, checkpoints = run(scenario(limit, slow=0.3))
+    # Step 1 cannot finish before the log has reached the bound: the writer waits for
+    # it there, so the bound holds anyway.
+    seen, checkpoints = run(scenario(limit, held=True))
     assert checkpoints >= 2
     assert max(seen) >= 8 * limit
     assert max(seen) < 8 * limit + 20

@@ -15,7 +15,6 @@ import re
 import shutil
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import pytest
 from bluewren.client import Client, ConnectionLost
 from bluewren.node import Node, NodeConfig
 from bluewren.node.lifecycle import EXIT_CONFIG
-from conftest import node_env, reap, serve_process
+from conftest import bluewren_cli, node_env, reap, serve_process
 
 SECRET = "t" * 48
 TIMEOUT = 30.0
@@ -275,9 +274,7 @@ def test_serve_with_a_bad_tls_file_exits_2_naming_the_file_and_reason(
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     assert proc.returncode == EXIT_CONFIG == 2, (out, err)
     assert "listening" not in out
     lines = err.splitlines()
@@ -295,21 +292,9 @@ def test_check_config_checks_the_tls_files_too(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(f'tls_cert = "{cert}"\ntls_key = "{other}"\n')
     env = _env()
-    ok = subprocess.run(
-        [sys.executable, "-m", "bluewren", "check-config", str(good)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT,
-    )
+    ok = bluewren_cli("check-config", str(good), env=env)
     assert (ok.returncode, ok.stdout) == (0, "ok\n"), ok.stderr
-    refused = subprocess.run(
-        [sys.executable, "-m", "bluewren", "check-config", str(bad)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT,
-    )
+    refused = bluewren_cli("check-config", str(bad), env=env)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         f"bluewren: tls_key {other}: the key does not match the certificate in {cert}"
