@@ -163,8 +163,7 @@ impl ServerConn {
 
     /// Queues a data message.
     pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
-        // 14: the longest server frame header.
-        self.reserve_out(payload.len() + 14);
+        self.reserve_out(ws::frame_header_len(payload.len(), false) + payload.len());
         ws::encode_frame(&mut self.out, opcode, payload, true, None);
     }
 

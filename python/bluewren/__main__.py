@@ -40,12 +40,9 @@ from bluewren.auth import TokenIssuer
 from bluewren.errors import BlueWrenError
 from bluewren.node import resolve_token_secret
 from bluewren.node.config import NodeConfig
-from bluewren.node.lifecycle import config_overrides, serve
+from bluewren.node.lifecycle import EXIT_CONFIG, config_overrides, serve
 from bluewren.node.logs import configure_logging
 from bluewren.node.settings import defaults_toml, load_config
-
-EXIT_BAD_CONFIG = 2
-"""Exit status for an invalid configuration (or command line)."""
 
 # Flags that set a NodeConfig field: (flag, field, type, help). Unset flags leave the
 # field to the lower layers.
@@ -336,9 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(defaults_toml())
             return 0
         if args.command == "check-config":
-            from bluewren.node.lifecycle import check_tls
+            from bluewren.node.lifecycle import tls_context
 
-            check_tls(load_config(args.file))  # the TLS files too, as serve would
+            tls_context(load_config(args.file))  # the TLS files too, as serve would
             print("ok")
             return 0
         if args.command in ("export", "import", "erase", "users", "groups"):
@@ -381,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(config, reload=reload))
     except BlueWrenError as exc:
         print(f"bluewren: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return EXIT_CONFIG
     except (OSError, ValueError) as exc:
         print(f"bluewren: {exc}", file=sys.stderr)
         return 1

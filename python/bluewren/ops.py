@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
@@ -344,12 +345,20 @@ class _Located:
 
     def __init__(self, name: str, text: str) -> None:
         self.name = name
-        self.lines = text.splitlines()
-        self.first_message: int | None = None
+        self._text = text
+
+    @cached_property
+    def lines(self) -> list[str]:
+        """The file's lines: split only when an error names an element."""
+        return self._text.splitlines()
+
+    @cached_property
+    def first_message(self) -> int | None:
+        """The index of ``messages[0]``'s line, if the file has the export's layout."""
         for number, line in enumerate(self.lines):
             if line.strip().startswith('"messages": ['):
-                self.first_message = number + 1  # index of messages[0]'s line
-                break
+                return number + 1
+        return None
 
     def __call__(self, key: str, index: int, item: object) -> _Where:
         return _Where(self, key, index, item)

@@ -32,6 +32,7 @@ import gc
 import json
 import os
 import signal
+import ssl
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -48,10 +49,10 @@ __all__ = [
     "EXIT_STARTUP",
     "FD_HEADROOM",
     "StartupError",
-    "check_tls",
     "config_overrides",
     "raise_fd_limit",
     "serve",
+    "tls_context",
 ]
 
 EXIT_STARTUP: Final = 1
@@ -164,23 +165,24 @@ def raise_fd_limit(config: NodeConfig) -> list[str]:
     return notes + warnings
 
 
-def check_tls(config: NodeConfig) -> None:
-    """Loads the TLS files once before anything starts (StartupError, EXIT_CONFIG)."""
+def tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from the configured files, loaded once before anything
+    starts (None without TLS); StartupError (EXIT_CONFIG) naming a bad file."""
     if config.tls_cert is None or config.tls_key is None:
-        return
+        return None
     from bluewren.node.tls import TlsError, server_context
 
     try:
-        server_context(config.tls_cert, config.tls_key)
+        return server_context(config.tls_cert, config.tls_key)
     except TlsError as exc:
         raise StartupError(str(exc), EXIT_CONFIG) from None
 
 
-async def start_node(config: NodeConfig) -> Node:
-    """A started node; StartupError with a one-line reason if it cannot start (the TLS
-    files are checked before, by :func:`check_tls`)."""
+async def start_node(config: NodeConfig, tls: ssl.SSLContext | None = None) -> Node:
+    """A started node, serving TLS with ``tls`` (from :func:`tls_context`); StartupError
+    with a one-line reason if it cannot start."""
     check_data_dir(config)
-    node = Node(config)
+    node = Node(config, tls=tls)
     try:
         await node.start()
     except OSError as exc:
@@ -248,9 +250,9 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal)
     try:
-        check_tls(config)  # a configuration error first, before anything is touched
+        tls = tls_context(config)  # a configuration error first, before anything is touched
         fd_lines = raise_fd_limit(config)
-        node = await start_node(config)
+        node = await start_node(config, tls)
     except StartupError as exc:
         print(f"bluewren: {exc}", file=sys.stderr, flush=True)
         return exc.exit_status

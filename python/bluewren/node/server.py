@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable
 from functools import partial
@@ -99,6 +100,9 @@ class Node:
     ``issuer`` defaults to a :class:`~bluewren.auth.TokenIssuer` on the resolved secret.
     ``on_connect``, ``on_message`` and ``after_store`` are the embedding hooks
     (:mod:`bluewren.node.hooks`); they can also be set later on ``node.hooks``.
+    ``tls`` is the context to serve with; by default it is loaded from
+    ``config.tls_cert``/``tls_key`` when the node starts (``bluewren serve`` passes the
+    one it loaded to check the files, so they are read once).
     """
 
     def __init__(
@@ -110,8 +114,10 @@ class Node:
         on_connect: OnConnect | None = None,
         on_message: OnMessage | None = None,
         after_store: AfterStore | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config: Final = config
+        self._tls = tls
         self._store = store
         self._owns_store = store is None
         self._issuer = issuer
@@ -222,11 +228,11 @@ class Node:
                 on_late_append=self._late_append,
             )
         await self.disabled.start()
-        tls = None
-        if self.config.tls_cert is not None and self.config.tls_key is not None:
+        tls = self._tls
+        if tls is None and self.config.tls_cert is not None and self.config.tls_key is not None:
             from bluewren.node.tls import server_context
 
-            tls = server_context(self.config.tls_cert, self.config.tls_key)
+            tls = self._tls = server_context(self.config.tls_cert, self.config.tls_key)
         self._server = await self._loop.create_server(
             self._new_session,
             self.config.host,
@@ -703,7 +709,7 @@ class Node:
                 extra={"conv": cmd.conv, "seq": result.message.seq, "bytes": len(cmd.body)},
             )
         message = result.message
-        session.emit(Kind.ACK, conv=message.conv, seq=message.seq, cmid=message.cmid)
+        session.emit_ack(message.conv, message.seq, message.cmid)
         if not result.duplicate:
             self._publish(message, session, members)
             self._after_store(message)
