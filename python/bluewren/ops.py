@@ -118,8 +118,12 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _open_store(database: Path, use: Callable[[SQLiteStore], Awaitable[T]]) -> T:
-    if not database.is_file():
+def _open_store(
+    database: Path, use: Callable[[SQLiteStore], Awaitable[T]], *, create: bool = False
+) -> T:
+    """``use(store)`` on the store file opened (and migrated) by SQLiteStore; ``create``
+    makes the file if there is none."""
+    if not create and not database.is_file():
         raise OpsError(f"no store at {database}: check --data-dir or --config")
 
     async def run() -> T:
@@ -234,15 +238,21 @@ def erase(database: Path, user: str) -> dict[str, int]:
     return _open_store(database, run)
 
 
-def users_list(database: Path) -> list[tuple[str, int, int, bool]]:
-    """(user, conversations, messages sent, disabled) of every user the store knows
-    (disabled ids included), by name."""
-    has_disabled = bool(
+def _has_disabled_users(database: Path) -> bool:
+    """Whether the store file has the disabled_users table (migration 2) yet: read-only
+    commands do not migrate."""
+    return bool(
         _query(
             database,
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'disabled_users'",
         )
     )
+
+
+def users_list(database: Path) -> list[tuple[str, int, int, bool]]:
+    """(user, conversations, messages sent, disabled) of every user the store knows
+    (disabled ids included), by name."""
+    has_disabled = _has_disabled_users(database)
     disabled = (
         "(SELECT COUNT(*) FROM disabled_users WHERE disabled_users.user = u.user)"
         if has_disabled
@@ -525,7 +535,10 @@ def import_user(database: Path, path: Path, stream: IO[str] | None = None) -> Im
     messages: list[dict[str, Any]] = data["messages"]
     bar = ProgressBar(f"import {user}", len(messages), stream)
     database.parent.mkdir(parents=True, exist_ok=True)
-    _open_store_creating(database)
+    try:  # creates (or migrates) the store file
+        _open_store(database, lambda store: asyncio.sleep(0), create=True)
+    except (OSError, BlueWrenError) as exc:
+        raise OpsError(f"cannot open {database}: {exc}") from None
     try:
         conn = sqlite3.connect(database, isolation_level=None, timeout=10)
     except sqlite3.Error as exc:
@@ -545,20 +558,6 @@ def import_user(database: Path, path: Path, stream: IO[str] | None = None) -> Im
         conn.close()
     bar.finish()
     return result
-
-
-def _open_store_creating(database: Path) -> None:
-    """Creates (or migrates) the store file by opening it once with SQLiteStore."""
-
-    async def run() -> None:
-        store = SQLiteStore(database)
-        await store.open()
-        await store.close()
-
-    try:
-        asyncio.run(run())
-    except (OSError, BlueWrenError) as exc:
-        raise OpsError(f"cannot open {database}: {exc}") from None
 
 
 def _import(
@@ -705,7 +704,11 @@ def _import(
 def users_show(database: Path, user: str) -> dict[str, Any]:
     """One user: disabled or not, conversations (with role), messages sent, devices."""
 
-    disabled = _open_store(database, lambda store: store.disabled_users())  # (migrates)
+    disabled: dict[str, str] = (
+        dict(_query(database, "SELECT user, reason FROM disabled_users WHERE user = ?", (user,)))
+        if _has_disabled_users(database)
+        else {}
+    )
     memberships, sent, devices, marks = _user_rows(database, user)
     if not (memberships or sent or devices or marks) and user not in disabled:
         raise OpsError(f"no such user {user!r}: nothing stored about them", EXIT_NOT_FOUND)
