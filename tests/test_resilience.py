@@ -23,11 +23,11 @@ import uvloop
 
 from bluewren.breaker import BreakerConfig, BreakerState
 from bluewren.client import Client, ClientError, ConnectionLost, Event
-from bluewren.errors import StoreUnavailableError
+from bluewren.errors import StoreError, StoreUnavailableError
 from bluewren.node import CloseCode, ErrorCode, Node, NodeConfig
 from bluewren.node.config import NodeConfigError
 from bluewren.node.hooks import MessageContext, Reject
-from bluewren.store import SQLiteStore, Store
+from bluewren.store import AppendResult, NewMessage, SQLiteStore, Store
 
 SECRET = "s" * 48
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -311,6 +311,127 @@ def test_store_errors_that_are_the_callers_business_never_open_the_breaker(
                     await guarded.conversation(999)
             assert breaker.state is BreakerState.CLOSED
             assert breaker.metrics().failed_calls_total == 0
+
+    asyncio.run(main())
+
+
+class _SlowCommits(SQLiteStore):
+    """Commits after ``delay`` seconds on the writer thread (its own nowait path stays)."""
+
+    delay = 0.0
+
+    def _commit_batch(self, batch: list[Any]) -> None:
+        time.sleep(self.delay)
+        super()._commit_batch(batch)
+
+
+async def _each(
+    guarded: Any, messages: list[NewMessage]
+) -> tuple[list[AppendResult | StoreError] | None, BaseException | None]:
+    """``guarded.append_each_nowait(messages)``'s one answer."""
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    guarded.append_each_nowait(messages, lambda o, e: answer.set_result((o, e)))
+    return await asyncio.wait_for(answer, TEST_TIMEOUT)
+
+
+def test_guarded_append_each_nowait_is_one_breaker_call_with_each_messages_outcome(
+    tmp_path: Path,
+) -> None:
+    """Through the store's own nowait path: one call counted by the breaker, whatever the
+    number of messages; a message's own error (an unknown conversation) is its outcome
+    and no failure; an open breaker refuses at once and queues nothing."""
+    from bluewren.breaker import CircuitBreaker
+    from bluewren.errors import ConversationNotFoundError
+    from bluewren.store.guarded import GuardedStore, StoreCircuitOpenError
+
+    async def main() -> None:
+        async with SQLiteStore(tmp_path / "g.db") as inner:
+            conv = (await inner.create_direct("a", "b")).id
+            breaker = CircuitBreaker("store.write", FAST)
+            guarded = GuardedStore(inner, read=breaker, write=breaker)
+            messages = [NewMessage(conv, "a", "d", i + 1, b"x") for i in range(5)]
+            messages[2] = NewMessage(999, "a", "d", 3, b"x")
+            outcomes, error = await _each(guarded, messages)
+            assert error is None
+            assert outcomes is not None
+            assert isinstance(outcomes[2], ConversationNotFoundError)
+            seqs = [o.message.seq for o in outcomes if isinstance(o, AppendResult)]
+            assert seqs == [1, 2, 3, 4]
+            metrics = breaker.metrics()
+            assert metrics.successful_calls_total == 1
+            assert metrics.failed_calls_total == 0
+
+            breaker.force_open()
+            with pytest.raises(StoreCircuitOpenError):
+                guarded.append_each_nowait(messages[:1], lambda o, e: None)
+            assert not inner._pending
+
+    asyncio.run(main())
+
+
+def test_guarded_append_each_nowait_times_out_as_one_call_and_reports_late_appends(
+    tmp_path: Path,
+) -> None:
+    """A commit slower than the breaker's timeout: the call is answered with
+    StoreTimeoutError (a failure for the breaker), and each message it stored anyway
+    reaches ``on_late_append`` once it commits, so it can still be delivered."""
+    from bluewren.breaker import CircuitBreaker
+    from bluewren.store.guarded import GuardedStore, StoreTimeoutError
+
+    async def main() -> None:
+        async with _SlowCommits(tmp_path / "g.db") as inner:
+            conv = (await inner.create_direct("a", "b")).id
+            late: list[AppendResult] = []
+            all_late = asyncio.get_running_loop().create_future()
+
+            def on_late(result: AppendResult) -> None:
+                late.append(result)
+                if len(late) == 3:
+                    all_late.set_result(None)
+
+            breaker = CircuitBreaker("store.write", FAST)  # timeout 0.2 s
+            guarded = GuardedStore(inner, read=breaker, write=breaker, on_late_append=on_late)
+            inner.delay = 0.6
+            messages = [NewMessage(conv, "a", "d", i + 1, b"x") for i in range(3)]
+            outcomes, error = await _each(guarded, messages)
+            assert outcomes is None
+            assert isinstance(error, StoreTimeoutError)
+            assert breaker.metrics().failed_calls_total == 1
+            assert not late
+            await asyncio.wait_for(all_late, TEST_TIMEOUT)
+            assert [r.message.seq for r in late] == [1, 2, 3]
+
+    asyncio.run(main())
+
+
+def test_guarded_append_each_nowait_through_a_store_without_its_own_path(
+    tmp_path: Path,
+) -> None:
+    """A store that only has ``append`` (here FaultyStore): each message through it, in
+    order; an injected fault is each message's outcome and one failure of the call."""
+    from bluewren.breaker import CircuitBreaker
+    from bluewren.store.guarded import GuardedStore
+
+    async def main() -> None:
+        async with SQLiteStore(tmp_path / "g.db") as sqlite:
+            conv = (await sqlite.create_direct("a", "b")).id
+            faulty = FaultyStore(sqlite)
+            breaker = CircuitBreaker("store.write", FAST)
+            guarded = GuardedStore(faulty, read=breaker, write=breaker)
+            messages = [NewMessage(conv, "a", "d", i + 1, b"x") for i in range(4)]
+            outcomes, error = await _each(guarded, messages)
+            assert error is None
+            assert outcomes is not None
+            assert [o.message.seq for o in outcomes if isinstance(o, AppendResult)] == [1, 2, 3, 4]
+            assert faulty.calls == 4
+            faulty.set_mode("fail")
+            outcomes, error = await _each(guarded, messages)
+            assert error is None
+            assert outcomes is not None
+            assert all(isinstance(o, StoreUnavailableError) for o in outcomes)
+            metrics = breaker.metrics()
+            assert metrics.successful_calls_total == 1
+            assert metrics.failed_calls_total == 1
 
     asyncio.run(main())
 

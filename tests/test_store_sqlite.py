@@ -117,38 +117,96 @@ def test_group_commit_puts_1000_concurrent_appends_in_far_fewer_commits(run: Run
     run(scenario())
 
 
-def test_append_nowait_answers_each_append_in_commit_order_on_the_loop(run: Run, db: Path) -> None:
-    """The node's path: no future per write; ``callback(result, None)`` once per append,
-    in the order they were made, with the same results ``append`` gives (a retry is a
-    duplicate carrying the original)."""
+Outcomes = list[AppendResult | StoreError]
+
+
+def test_append_each_nowait_answers_each_run_once_in_commit_order_on_the_loop(
+    run: Run, db: Path
+) -> None:
+    """The node's path: no future per write; ``callback(outcomes, None)`` once per call,
+    in the order the calls were made, with per message the result ``append`` gives (a
+    retry is a duplicate carrying the original, also within one run); runs and single
+    appends queued together share a transaction and keep their order."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            conv = (await store.create_direct("a", "b")).id
+            other = (await store.create_direct("a", "c")).id
+            loop = asyncio.get_running_loop()
+            answers: list[tuple[int, Outcomes | None, BaseException | None]] = []
+            done = loop.create_future()
+
+            def callback(i: int, outcomes: Outcomes | None, error: BaseException | None) -> None:
+                assert asyncio.get_running_loop() is loop
+                answers.append((i, outcomes, error))
+                if len(answers) == 10:
+                    done.set_result(None)
+
+            before = store.stats.commits
+            single = asyncio.ensure_future(store.append(other, "a", "phone", 1, b"single"))
+            await asyncio.sleep(0)  # its step queues it; the batching task runs after us
+            for i in range(10):
+                messages = [
+                    NewMessage(conv if k % 2 else other, "a", "phone", 100 * i + k + 2, b"m")
+                    for k in range(10)
+                ]
+                if i == 9:  # a retry of run 0's first message, and one within this run
+                    messages[3] = NewMessage(other, "a", "phone", 2, b"again")
+                    messages[5] = messages[4]
+                store.append_each_nowait(messages, lambda o, e, i=i: callback(i, o, e))
+            await asyncio.wait_for(done, 10)
+            first = await single
+            assert store.stats.commits - before == 1  # everything queued in one pass
+            assert [i for i, _, _ in answers] == list(range(10))
+            assert all(error is None for _, _, error in answers)
+            results = [r for _, outcomes, _ in answers for r in outcomes or []]
+            assert all(isinstance(r, AppendResult) for r in results)
+            stored = [r for r in results if isinstance(r, AppendResult) and not r.duplicate]
+            assert len(stored) == 98
+            dups = [r for r in results[90:] if isinstance(r, AppendResult) and r.duplicate]
+            assert [d.message for d in dups] == [results[0].message, results[94].message]
+            # In call order, each conversation's seqs run on without a gap.
+            assert first.message.seq == 1
+            assert [m.message.seq for m in stored if m.message.conv == other] == list(range(2, 52))
+            assert [m.message.seq for m in stored if m.message.conv == conv] == list(range(1, 49))
+            assert await history_all(store, conv) == [
+                r.message for r in stored if r.message.conv == conv
+            ]
+            assert store.stats.appended == 99
+            assert store.stats.duplicates == 2
+
+    run(scenario())
+
+
+def test_append_each_nowait_fails_a_message_alone_and_the_database_all_of_them(
+    run: Run, db: Path
+) -> None:
+    """An unknown conversation is that message's own outcome, the others commit; a
+    failure of the database is the call's error and writes nothing."""
 
     async def scenario() -> None:
         async with SQLiteStore(db) as store:
             conv = (await store.create_direct("a", "b")).id
             loop = asyncio.get_running_loop()
-            answers: list[tuple[int, AppendResult | None, BaseException | None]] = []
-            done = loop.create_future()
+            answer: asyncio.Future[tuple[Outcomes | None, BaseException | None]]
+            answer = loop.create_future()
+            messages = [NewMessage(conv, "a", "d", 1, b"x"), NewMessage(999, "a", "d", 2, b"y")]
+            messages.append(NewMessage(conv, "a", "d", 3, b"z"))
+            store.append_each_nowait(messages, lambda o, e: answer.set_result((o, e)))
+            outcomes, error = await asyncio.wait_for(answer, 10)
+            assert error is None
+            assert outcomes is not None
+            assert isinstance(outcomes[1], ConversationNotFoundError)
+            assert [o.message.seq for o in outcomes if isinstance(o, AppendResult)] == [1, 2]
 
-            def callback(i: int, result: AppendResult | None, error: BaseException | None) -> None:
-                assert asyncio.get_running_loop() is loop
-                answers.append((i, result, error))
-                if len(answers) == 101:
-                    done.set_result(None)
-
-            for i in range(100):
-                store.append_nowait(
-                    conv, "a", "phone", i + 1, b"m%d" % i, lambda r, e, i=i: callback(i, r, e)
-                )
-            store.append_nowait(conv, "a", "phone", 7, b"again", lambda r, e: callback(100, r, e))
-            await asyncio.wait_for(done, 10)
-            assert [i for i, _, _ in answers] == list(range(101))
-            assert all(error is None for _, _, error in answers)
-            results = [r for _, r, _ in answers if r is not None]
-            assert [r.message.seq for r in results[:100]] == list(range(1, 101))
-            assert not any(r.duplicate for r in results[:100])
-            assert results[100].duplicate
-            assert results[100].message == results[6].message
-            assert await history_all(store, conv) == [r.message for r in results[:100]]
+            store._wconn.execute("PRAGMA query_only = ON")  # type: ignore[union-attr]
+            answer = loop.create_future()
+            store.append_each_nowait(messages[:1], lambda o, e: answer.set_result((o, e)))
+            outcomes, error = await asyncio.wait_for(answer, 10)
+            store._wconn.execute("PRAGMA query_only = OFF")  # type: ignore[union-attr]
+            assert outcomes is None
+            assert isinstance(error, StoreUnavailableError)
+            assert [m.seq for m in await history_all(store, conv)] == [1, 2]
 
     run(scenario())
 
@@ -165,28 +223,34 @@ def test_append_nowait_answers_each_append_in_commit_order_on_the_loop(run: Run,
         ((1, "a", "d", 1 << 64, b"x"), "cmid"),
         ((1, "a", "d", 1, "text"), "body"),
         ((1, "a", "d", 1, bytearray(b"x")), "body"),
+        ((1, "a", "d", 1, b"x", "erased"), "kind"),
     ],
 )
-def test_append_nowait_refuses_a_bad_argument_at_once_naming_it(
+def test_append_each_nowait_refuses_a_bad_message_at_once_naming_it(
     run: Run, db: Path, args: tuple[Any, ...], field: str
 ) -> None:
+    """One bad message refuses the call, and none of it is queued."""
+
     async def scenario() -> None:
         async with SQLiteStore(db) as store:
             await store.create_direct("a", "b")
+            good = NewMessage(1, "a", "d", 9, b"fine")
             with pytest.raises(StoreArgumentError) as caught:
-                store.append_nowait(*args, lambda r, e: None)
+                store.append_each_nowait([good, NewMessage(*args)], lambda o, e: None)
             assert caught.value.field == field
             with pytest.raises(StoreArgumentError) as caught:
-                store.append_nowait(1, "a", "d", 1, b"x", lambda r, e: None, kind="erased")
-            assert caught.value.field == "kind"
+                store.append_each_nowait([], lambda o, e: None)
+            assert caught.value.field == "messages"
+            assert not store._pending
             assert store.stats.appended == 0
 
     run(scenario())
 
 
-def test_append_nowait_belongs_to_the_loop_the_store_was_opened_on(db: Path) -> None:
+def test_append_each_nowait_belongs_to_the_loop_the_store_was_opened_on(db: Path) -> None:
     """From another thread's loop, or from a new loop after the store's own stopped,
-    append_nowait raises at once and queues nothing; on a closed store, StoreClosedError."""
+    append_each_nowait raises at once and queues nothing; on a closed store,
+    StoreClosedError."""
     store = SQLiteStore(db)
     first = asyncio.new_event_loop()
     try:
@@ -194,7 +258,7 @@ def test_append_nowait_belongs_to_the_loop_the_store_was_opened_on(db: Path) -> 
         first.run_until_complete(store.create_direct("a", "b"))
 
         async def append_here() -> None:
-            store.append_nowait(1, "a", "d", 1, b"x", lambda r, e: None)
+            store.append_each_nowait([NewMessage(1, "a", "d", 1, b"x")], lambda o, e: None)
 
         errors: list[BaseException] = []
 

@@ -73,6 +73,7 @@ from bluewren.node.session import Session
 from bluewren.node.users import DISABLED_REASON, DisabledUsers
 from bluewren.node.wire import OP_BINARY, OP_TEXT, BinaryCodec, Command, CommandError, JsonCodec
 from bluewren.store import AppendResult, Conversation, Member, SQLiteStore, Store, StoredMessage
+from bluewren.store.base import DEFAULT_KIND, NewMessage, new_message
 from bluewren.store.guarded import GuardedStore
 
 __all__ = ["Node"]
@@ -156,6 +157,11 @@ class Node:
         self._hello_pending: dict[int, list[Command]] = {}
         self._sends_in_flight = 0
         """SENDs of the synchronous path between store submission and ACK."""
+        self._send_run: list[tuple[Session, Command, _Members]] = []
+        self._run_messages: list[NewMessage] = []
+        """The synchronous path's SENDs of this loop pass, validated, not yet handed to
+        the store: one ``append_each_nowait`` per pass (``_submit_sends``)."""
+        self._run_started = 0.0
         self._sends_drained: asyncio.Future[None] | None = None
         self.metrics: Final = NodeMetrics()
         self._http: ObservabilityServer | None = None
@@ -717,9 +723,10 @@ class Node:
     def _send_now(
         self, session: Session, cmd: Command, members: _Members, store: GuardedStore
     ) -> None:
-        """A SEND without a task: validated and submitted now; the ACK and the fan-out
-        run from the store's completion callback (in commit order, as ``_send`` does).
-        Raises CommandError or StoreError for what ``_send`` would answer with."""
+        """A SEND without a task: validated now, and handed to the store with the other
+        SENDs of this loop pass (``_submit_sends``); the ACK and the fan-out run from the
+        store's completion callback (in commit order, as ``_send`` does). Raises
+        CommandError or StoreError for what ``_send`` would answer with."""
         assert session.identity is not None
         user, device = session.identity.user, session.identity.device
         if cmd.cmid == 0:
@@ -739,54 +746,77 @@ class Node:
             raise CommandError(
                 ErrorCode.NOT_MEMBER, f"you are not a member of conversation {cmd.conv}"
             )
-        done = partial(self._send_done, session, cmd, members, time.perf_counter())
-        store.append_nowait(cmd.conv, user, device, cmd.cmid, body, done)
+        message = new_message(cmd.conv, user, device, cmd.cmid, body, DEFAULT_KIND).validated()
+        run = self._send_run
+        if not run:
+            assert self._loop is not None
+            self._loop.call_soon(self._submit_sends, store)
+            self._run_started = time.perf_counter()
+        run.append((session, cmd, members))
+        self._run_messages.append(message)
         self._sends_in_flight += 1
 
-    def _send_done(
+    def _submit_sends(self, store: GuardedStore) -> None:
+        """Hands this loop pass's SENDs to the store, in arrival order, in runs of at most
+        ``store_batch_max`` (each is committed in one transaction)."""
+        entries, messages = self._send_run, self._run_messages
+        self._send_run, self._run_messages = [], []
+        started = self._run_started
+        size = self.config.store_batch_max
+        for at in range(0, len(entries), size):
+            run = entries[at : at + size]
+            done = partial(self._sends_done, run, started)
+            try:
+                store.append_each_nowait(messages[at : at + size], done)
+            except StoreError as exc:  # an open breaker, a closed store
+                done(None, exc)
+
+    def _sends_done(
         self,
-        session: Session,
-        cmd: Command,
-        members: _Members,
+        run: list[tuple[Session, Command, _Members]],
         started: float,
-        result: AppendResult | None,
+        outcomes: list[AppendResult | StoreError] | None,
         error: BaseException | None,
     ) -> None:
-        self._sends_in_flight -= 1
+        """Answers each SEND of ``run`` (from the store's completion, in commit order)."""
+        self._sends_in_flight -= len(run)
         if not self._sends_in_flight and self._sends_drained is not None:
             if not self._sends_drained.done():
                 self._sends_drained.set_result(None)
             self._sends_drained = None
-        try:
-            if error is not None:
-                if isinstance(error, StoreError):
-                    session.emit_error(cmd, _store_error(error))
-                    return
-                raise error
-            assert result is not None
-            message = result.message
-            if not result.duplicate:
-                self.metrics.stored(time.perf_counter() - started)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(  # never the body: ids and sizes only
-                        "message stored",
-                        extra={
-                            "conv": message.conv,
-                            "seq": message.seq,
-                            "bytes": len(message.body),
-                            "conn_id": session.conn_id,
-                            "request_id": next_request_id(session.conn_id),
-                        },
-                    )
-            session.emit_ack(message.conv, message.seq, message.cmid)
-            if not result.duplicate:
-                self._publish(message, session, members)
-                self._after_store(message)
-        except Exception:
-            log.exception("command %s of %r failed", _kind_name(cmd.kind), session)
-            session.emit_error(
-                cmd, CommandError(ErrorCode.INTERNAL, "internal error; the node logged it")
-            )
+        elapsed = time.perf_counter() - started
+        debug = log.isEnabledFor(logging.DEBUG)
+        for i, (session, cmd, members) in enumerate(run):
+            outcome = error if outcomes is None else outcomes[i]
+            try:
+                if not isinstance(outcome, AppendResult):
+                    if isinstance(outcome, StoreError):
+                        session.emit_error(cmd, _store_error(outcome))
+                        continue
+                    raise outcome or RuntimeError("the store answered a SEND with nothing")
+                message = outcome.message
+                if not outcome.duplicate:
+                    self.metrics.stored(elapsed)
+                    if debug:
+                        log.debug(  # never the body: ids and sizes only
+                            "message stored",
+                            extra={
+                                "conv": message.conv,
+                                "seq": message.seq,
+                                "bytes": len(message.body),
+                                "conn_id": session.conn_id,
+                                "request_id": next_request_id(session.conn_id),
+                            },
+                        )
+                session.emit_ack(message.conv, message.seq, message.cmid)
+                if not outcome.duplicate:
+                    self._publish(message, session, members)
+                    self._after_store(message)
+            except Exception:
+                log.exception("command %s of %r failed", _kind_name(cmd.kind), session)
+                session.emit_error(
+                    cmd, CommandError(ErrorCode.INTERNAL, "internal error; the node logged it")
+                )
 
     def _late_append(self, result: AppendResult) -> None:
         """An append committed after its SEND was answered UNAVAILABLE (store timeout):

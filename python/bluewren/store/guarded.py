@@ -89,22 +89,41 @@ class _Passed:
 
 _NOWAIT: dict[type, bool] = {}
 
+AppendOutcomes = list[AppendResult | StoreError]
+"""Per message of an ``append_each_nowait``, in order: its result or its own error."""
+
 
 def _has_own_nowait(cls: type) -> bool:
-    """True if ``cls`` has an ``append_nowait`` that is the same path as its ``append``:
-    a subclass that overrides ``append`` (a wrapper, a fault injector) sees every
-    append, so it is called through ``append`` instead."""
+    """True if ``cls`` has an ``append_each_nowait`` that is the same path as its
+    ``append``: a subclass that overrides ``append`` (a wrapper, a fault injector) sees
+    every append, so it is called through ``append`` instead."""
     known = _NOWAIT.get(cls)
     if known is None:
         mro = cls.__mro__
-        nowait = next((c for c in mro if "append_nowait" in vars(c)), None)
+        nowait = next((c for c in mro if "append_each_nowait" in vars(c)), None)
         append = next((c for c in mro if "append" in vars(c)), None)
         known = _NOWAIT[cls] = nowait is not None and nowait is append
     return known
 
 
-class _Append:
-    """One :meth:`GuardedStore.append_nowait` in flight."""
+async def _append_each(store: Store, messages: Sequence[NewMessage]) -> AppendOutcomes:
+    """Each of ``messages`` through ``store.append``, all submitted at once, in order;
+    per message its result or its error (for a store without ``append_each_nowait``)."""
+    tasks = [
+        asyncio.ensure_future(store.append(m.conv, m.sender, m.device, m.cmid, m.body, m.kind))
+        for m in messages
+    ]
+    outcomes: AppendOutcomes = []
+    for task in tasks:
+        try:
+            outcomes.append(await task)
+        except StoreError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+class _Appends:
+    """One :meth:`GuardedStore.append_each_nowait` in flight."""
 
     __slots__ = ("deadline", "done", "finished", "start", "store", "token")
 
@@ -113,7 +132,7 @@ class _Append:
         store: GuardedStore,
         token: int,
         start: float,
-        done: Callable[[AppendResult | None, BaseException | None], None],
+        done: Callable[[AppendOutcomes | None, BaseException | None], None],
     ) -> None:
         self.store = store
         self.token = token
@@ -122,22 +141,22 @@ class _Append:
         self.deadline = 0.0
         self.finished = False
 
-    def __call__(self, result: AppendResult | None, error: BaseException | None) -> None:
+    def __call__(self, outcomes: AppendOutcomes | None, error: BaseException | None) -> None:
         """The inner store's completion callback."""
-        self.store._finish(self, result, error)
+        self.store._finish(self, outcomes, error, error)
 
-    def finish_task_with(
-        self, store: GuardedStore
-    ) -> Callable[[asyncio.Future[AppendResult]], None]:
-        def finish(task: asyncio.Future[AppendResult]) -> None:
-            if task.cancelled():
-                store._finish(self, None, StoreUnavailableError("the append was cancelled"))
-            elif (error := task.exception()) is not None:
-                store._finish(self, None, error)
-            else:
-                store._finish(self, task.result(), None)
-
-        return finish
+    def finish_task(self, task: asyncio.Future[AppendOutcomes]) -> None:
+        """The completion of :func:`_append_each` (a store without its own nowait path)."""
+        store = self.store
+        if task.cancelled():
+            cancelled = StoreUnavailableError("the appends were cancelled")
+            store._finish(self, None, cancelled, cancelled)
+        elif (error := task.exception()) is not None:
+            store._finish(self, None, error, error)
+        else:
+            outcomes = task.result()
+            failure = next((o for o in outcomes if isinstance(o, StoreError) and o.retryable), None)
+            store._finish(self, outcomes, None, failure)
 
 
 class GuardedStore(Store):
@@ -160,7 +179,7 @@ class GuardedStore(Store):
         self.write_breaker = write
         self.on_late_append = on_late_append
         self.stats = inner.stats  # the same object: the inner store keeps it up to date
-        self._in_flight: deque[_Append] = deque()
+        self._in_flight: deque[_Appends] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -235,29 +254,29 @@ class GuardedStore(Store):
             task.add_done_callback(self._late_append)
             raise
 
-    def append_nowait(
+    def append_each_nowait(
         self,
-        conv: int,
-        sender: str,
-        device: str,
-        cmid: int,
-        body: bytes,
-        done: Callable[[AppendResult | None, BaseException | None], None],
+        messages: Sequence[NewMessage],
+        done: Callable[[AppendOutcomes | None, BaseException | None], None],
     ) -> None:
-        """:meth:`append` without a task, a shield or a timer per call: for the node's
-        hot path. ``done(result, None)`` or ``done(None, error)`` is called on the loop
-        exactly once, with the same outcomes :meth:`append` would raise or return.
+        """Appends each of ``messages`` (see ``SQLiteStore.append_each_nowait``) as ONE
+        call through the write breaker, without a task, a shield or a timer: for the
+        node's hot path. ``done`` is called on the loop exactly once: with
+        ``(outcomes, None)``, per message its AppendResult or the StoreError it alone
+        failed with; or with ``(None, error)`` for what :meth:`append` would raise for
+        all of them (StoreTimeoutError, the store's unavailability).
 
         An open breaker raises :class:`StoreCircuitOpenError` here, before anything is
-        queued. The timeout is enforced by one timer for all appends in flight (they
-        share the breaker's timeout, so they expire in the order they were made); an
-        append that commits after it timed out goes to ``on_late_append``."""
+        queued, and so does an invalid message (StoreArgumentError). The timeout is
+        enforced by one timer for every call in flight (they share the breaker's
+        timeout, so they expire in the order they were made); appends that commit after
+        their call timed out go to ``on_late_append``."""
         breaker = self.write_breaker
         try:
             token = breaker._admit()
         except CircuitOpenError as exc:
             raise StoreCircuitOpenError(breaker.name, exc.retry_after) from None
-        call = _Append(self, token, breaker._clock(), done)
+        call = _Appends(self, token, breaker._clock(), done)
         timeout = breaker._timeout
         if timeout is not None:
             loop = self._loop
@@ -270,10 +289,11 @@ class GuardedStore(Store):
         try:
             inner = self.inner
             if _has_own_nowait(type(inner)) and "append" not in vars(inner):
-                inner.append_nowait(conv, sender, device, cmid, body, call)  # type: ignore[attr-defined]
+                inner.append_each_nowait(messages, call)  # type: ignore[attr-defined]
             else:
-                task = asyncio.ensure_future(self.inner.append(conv, sender, device, cmid, body))
-                task.add_done_callback(call.finish_task_with(self))
+                batch = [message.validated() for message in messages]
+                task = asyncio.ensure_future(_append_each(inner, batch))
+                task.add_done_callback(call.finish_task)
         except BaseException as exc:
             call.finished = True
             if isinstance(exc, StoreError) and not exc.retryable:
@@ -285,30 +305,37 @@ class GuardedStore(Store):
     @property
     def nowait_ok(self) -> bool:
         """False if ``append`` was replaced on this instance (a wrapper, a fault
-        injector): then callers must go through it instead of :meth:`append_nowait`."""
+        injector): then callers must go through it instead of :meth:`append_each_nowait`."""
         return "append" not in vars(self)
 
     def _finish(
-        self, call: _Append, result: AppendResult | None, error: BaseException | None
+        self,
+        call: _Appends,
+        outcomes: AppendOutcomes | None,
+        error: BaseException | None,
+        failure: BaseException | None,
     ) -> None:
+        """``call`` completed: ``failure`` is what counts against the breaker (a retryable
+        error among the outcomes, or the error of all of them)."""
         breaker = self.write_breaker
         in_flight = self._in_flight
         if call.finished:  # it timed out: the caller has its answer
             late = self.on_late_append
-            if late is not None and error is None and result is not None and not result.duplicate:
-                try:
-                    late(result)
-                except Exception:
-                    log.exception("on_late_append failed for conv %d", result.message.conv)
+            if late is not None and outcomes is not None:
+                for outcome in outcomes:
+                    if isinstance(outcome, AppendResult) and not outcome.duplicate:
+                        try:
+                            late(outcome)
+                        except Exception:
+                            log.exception("on_late_append failed for conv %d", outcome.message.conv)
             return
         call.finished = True
         while in_flight and in_flight[0].finished:
             in_flight.popleft()
-        passed = isinstance(error, StoreError) and not error.retryable
-        breaker._complete(
-            call.token, call.start, breaker._clock(), None if passed else error, False
-        )
-        call.done(result, error)
+        if isinstance(failure, StoreError) and not failure.retryable:
+            failure = None
+        breaker._complete(call.token, call.start, breaker._clock(), failure, False)
+        call.done(outcomes, error)
 
     def _sweep(self) -> None:
         """Times out every append past its deadline; re-arms for the oldest one left."""

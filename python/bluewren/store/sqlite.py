@@ -110,7 +110,6 @@ from bluewren.store.base import (
     check_seq,
     check_user,
     new_append_result,
-    new_message,
     new_stored_message,
 )
 from bluewren.store.migrations import MIGRATIONS, apply_migrations
@@ -223,6 +222,10 @@ class _WriteOp:
     future: saves a future and a scheduled callback per write on the hot path."""
     message: NewMessage | None = None
     """Set for a single append: runs of them are written together (``_append_run``)."""
+    messages: list[NewMessage] | None = None
+    """Set for :meth:`SQLiteStore.append_each_nowait`: appends that each succeed or fail
+    alone, written with the single appends around them; ``result`` becomes the list of
+    their outcomes."""
     answered: bool = False
     """Set once ``_resolve`` has handed the outcome over (it happens once)."""
 
@@ -620,7 +623,7 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             run: list[_WriteOp] = []
             for op in batch:
-                if op.message is not None:
+                if op.run is None:  # an append, or appends (append_each_nowait)
                     run.append(op)
                     continue
                 if run:
@@ -674,6 +677,15 @@ class SQLiteStore(Store):
     def _run_op(cls, conn: sqlite3.Connection, op: _WriteOp) -> None:
         run = op.run
         if run is None:
+            if op.messages is not None:  # each succeeds or fails alone
+                outcomes: list[AppendResult | StoreError] = []
+                for m in op.messages:
+                    try:
+                        outcomes.append(cls._append_one(conn, m))
+                    except StoreError as exc:
+                        outcomes.append(exc)
+                op.result = outcomes
+                return
             message = op.message
             assert message is not None
             try:
@@ -696,14 +708,19 @@ class SQLiteStore(Store):
         conn.execute("RELEASE op")
 
     def _append_run(self, conn: sqlite3.Connection, ops: list[_WriteOp]) -> None:
-        """Writes consecutive single appends with one seq update for all their conversations
-        and one ``executemany``; falls back to one append at a time (same outcomes, in the same
-        order) if any of them is a retry, names an unknown conversation or hits a taken
-        seq."""
-        if len(ops) == 1:
+        """Writes consecutive appends (single ones and ``append_each_nowait``'s) with one seq
+        update for all their conversations and one ``executemany``; falls back to one
+        append at a time (same outcomes, in the same order) if any of them is a retry,
+        names an unknown conversation or hits a taken seq."""
+        if len(ops) == 1 and ops[0].message is not None:
             self._run_op(conn, ops[0])
             return
-        messages = [cast(NewMessage, op.message) for op in ops]
+        messages: list[NewMessage] = []
+        for op in ops:
+            if op.messages is not None:
+                messages += op.messages
+            else:
+                messages.append(cast(NewMessage, op.message))
         counts: dict[int, int] = {}
         get = counts.get
         for m in messages:
@@ -733,11 +750,21 @@ class SQLiteStore(Store):
                 self._run_op(conn, op)
             return
         conn.execute("RELEASE run")
-        for op, m, r in zip(ops, messages, rows, strict=True):
-            op.result = new_append_result(
+        results = [
+            new_append_result(
                 new_stored_message(m.conv, r[1], m.sender, m.device, m.cmid, m.body, m.kind, now),
                 False,
             )
+            for m, r in zip(messages, rows, strict=True)
+        ]
+        at = 0
+        for op in ops:
+            if op.messages is not None:
+                op.result = results[at : at + op.size]
+                at += op.size
+            else:
+                op.result = results[at]
+                at += 1
 
     def _wal_frames(self) -> int:
         """The frames in the write-ahead log (writer thread; 0 if it cannot tell)."""
@@ -834,23 +861,30 @@ class SQLiteStore(Store):
         message = NewMessage(conv, sender, device, cmid, body, kind).validated()
         return await self._submit(None, isolated=False, message=message)
 
-    def append_nowait(
+    def append_each_nowait(
         self,
-        conv: int,
-        sender: str,
-        device: str,
-        cmid: int,
-        body: bytes,
-        callback: Callable[[AppendResult | None, BaseException | None], None],
-        kind: str = DEFAULT_KIND,
+        messages: Sequence[NewMessage],
+        callback: Callable[[list[AppendResult | StoreError] | None, BaseException | None], None],
     ) -> None:
-        """:meth:`append` without a coroutine or a future: queues the append and calls
-        ``callback(result, None)`` or ``callback(None, error)`` on the loop once its
-        batch has committed (or failed). Argument errors and a closed store raise here.
-        Callbacks run in commit order."""
-        message = new_message(conv, sender, device, cmid, body, kind).validated()
+        """Queues each of ``messages`` as its own append, without a coroutine or a future
+        per message: the node's hot path. Once their batch has committed, ``callback`` is
+        called on the loop, once, with ``(outcomes, None)``: per message, in order, its
+        :class:`AppendResult` (a retry is a duplicate carrying the original, as with
+        :meth:`append`) or the :class:`StoreError` it alone failed with (an unknown
+        conversation). If the database failed the batch, ``(None, error)``: nothing of it
+        was written. Callbacks run in commit order.
+
+        The messages are committed in one transaction: more than ``batch_max`` of them
+        make a transaction of their own, over the cap, so callers keep to it. An invalid
+        message, none at all, the wrong loop or a closed store raise here, and nothing
+        is queued."""
+        batch = [message.validated() for message in messages]
         self._loop_or_raise()
-        self._pending.append(_WriteOp(None, None, 1, False, None, None, callback, message))
+        if not batch:
+            raise StoreArgumentError("messages", "no messages to append")
+        self._pending.append(
+            _WriteOp(None, None, len(batch), False, None, None, callback, None, batch)
+        )
         wakeup = self._wakeup
         assert wakeup is not None
         wakeup.set()
