@@ -134,6 +134,27 @@ def test_metrics_move_as_messages_flow(run: Run) -> None:
     run(scenario)
 
 
+def test_histogram_counts_repeated_observations_in_their_bucket() -> None:
+    """``observe(value, times)`` (the node counts a committed run of SENDs at once) is
+    ``times`` observations: edges land in the bucket whose bound they equal."""
+    from bluewren.node.metrics import Histogram, NodeMetrics
+
+    hist = Histogram([0.001, 0.01])
+    hist.observe(0.001, 5)
+    hist.observe(0.0011)
+    hist.observe(1.0, 2)
+    assert hist.counts == [5, 1, 2]
+    assert hist.count == 8
+    assert hist.sum == pytest.approx(0.005 + 0.0011 + 2.0)
+    metrics = NodeMetrics()
+    metrics.stored(0.002, 0)  # a run of duplicates only: nothing was stored
+    assert metrics.messages_in == 0
+    assert metrics.store_append_seconds.count == 0
+    metrics.stored(0.002, 3)
+    assert metrics.messages_in == 3
+    assert metrics.store_append_seconds.count == 3
+
+
 def test_breaker_states_are_exported_one_per_breaker(run: Run) -> None:
     async def scenario(node: Node) -> None:
         registry = getattr(node, "breakers", None)

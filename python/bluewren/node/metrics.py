@@ -60,11 +60,11 @@ class Histogram:
         self.count = 0
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        """Counts one observation."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
+    def observe(self, value: float, times: int = 1) -> None:
+        """Counts ``times`` observations of ``value``."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.count += times
+        self.sum += value * times
 
     def lines(self, name: str) -> Iterable[str]:
         """The ``_bucket``, ``_sum`` and ``_count`` samples."""
@@ -91,10 +91,11 @@ class NodeMetrics:
         self.fanout_size = Histogram(FANOUT_BUCKETS)
         self.store_append_seconds = Histogram(LATENCY_BUCKETS)
 
-    def stored(self, seconds: float) -> None:
-        """One message was appended to the store in ``seconds``."""
-        self.messages_in += 1
-        self.store_append_seconds.observe(seconds)
+    def stored(self, seconds: float, messages: int = 1) -> None:
+        """``messages`` messages were appended to the store in ``seconds`` each."""
+        if messages:
+            self.messages_in += messages
+            self.store_append_seconds.observe(seconds, messages)
 
     def fanned_out(self, recipients: int, overflowed: int) -> None:
         """One message went to ``recipients`` connections; ``overflowed`` of them were

@@ -784,8 +784,8 @@ class Node:
             if not self._sends_drained.done():
                 self._sends_drained.set_result(None)
             self._sends_drained = None
-        elapsed = time.perf_counter() - started
         debug = log.isEnabledFor(logging.DEBUG)
+        stored = 0
         for i, (session, cmd, members) in enumerate(run):
             outcome = error if outcomes is None else outcomes[i]
             try:
@@ -796,7 +796,7 @@ class Node:
                     raise outcome or RuntimeError("the store answered a SEND with nothing")
                 message = outcome.message
                 if not outcome.duplicate:
-                    self.metrics.stored(elapsed)
+                    stored += 1
                     if debug:
                         log.debug(  # never the body: ids and sizes only
                             "message stored",
@@ -817,6 +817,7 @@ class Node:
                 session.emit_error(
                     cmd, CommandError(ErrorCode.INTERNAL, "internal error; the node logged it")
                 )
+        self.metrics.stored(time.perf_counter() - started, stored)
 
     def _late_append(self, result: AppendResult) -> None:
         """An append committed after its SEND was answered UNAVAILABLE (store timeout):
