@@ -1,7 +1,8 @@
 """Node throughput: durable 1:1 acks and group fan-out, node and load on separate CPUs.
 
     python benchmarks/bench_node.py [--duration 8] [--senders 64] [--window 32]
-                                    [--members 1000] [--profile] [--out benchmarks/results/node.md]
+                                    [--members 1000] [--rate R] [--profile]
+                                    [--out benchmarks/results/node.md]
 
 The node runs as a subprocess, ``taskset -c 0 python -m bluewren serve`` (uvloop, the
 default SQLite store with ``synchronous=NORMAL``, group commit) on a fresh data directory.
@@ -13,7 +14,7 @@ writes prepared bytes and parses the 32-byte header of what comes back.
     with an offline peer (so the node does the durable write and the ACK; the delivery to
     the peer is its replay later). Peak: each connection keeps ``--window`` SENDs in
     flight (closed loop); acks/s and the send-to-ACK latency p50/p99. Half rate: an open
-    loop paced at half the measured peak, on a 1 ms tick; p50/p99 again.
+    loop paced at half the measured peak (or at ``--rate``), on a 1 ms tick; p50/p99 again.
 (b) Group fan-out: ``--members`` connections, all members of one group, live (HELLO,
     SYNC); one more connection of the owner sends with ``--window`` in flight. Counts
     DELIVER frames received by all members (from the byte count: every delivery of a
@@ -367,7 +368,7 @@ async def bench(args: argparse.Namespace, port: int, pid: int) -> dict[str, floa
     out |= {"peak_acks": rate, "peak_p50": p50, "peak_p99": p99, "peak_gen_cpu": cpu}
     out["peak_node_cpu"] = node_cpu
     print(f"peak: {rate:,.0f} acks/s p50 {p50:.2f} ms p99 {p99:.2f} ms gen cpu {cpu:.0%}")
-    half = rate / 2
+    half = args.rate or rate / 2
     r2, p50b, p99b, cpu2 = await acks_open_loop(conns, half, args.duration, 10_000_000)
     out |= {"half_target": half, "half_acks": r2, "half_p50": p50b, "half_p99": p99b}
     out["half_gen_cpu"] = cpu2
@@ -442,6 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="acks/s offered by the open-loop phase instead of half the measured peak "
+        "(to compare the latency of two builds at the same load)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     with contextlib.suppress(OSError):
