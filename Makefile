@@ -27,7 +27,7 @@ lint:
 	$(MAKE) stubtest
 
 stubtest:
-	$(PYTHON) -m mypy.stubtest bluewren._native bluewren._protocol --allowlist .stubtest-allowlist
+	$(PYTHON) -m mypy.stubtest bluewren._native bluewren._protocol bluewren._sqlite --allowlist .stubtest-allowlist
 
 rust-test:
 	cargo build -p bluewren-loadgen

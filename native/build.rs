@@ -1,10 +1,13 @@
-//! Compiles the Cython event-loop protocol into this extension.
+//! Compiles the Cython modules into this extension.
 //!
-//! cython turns `cython/_protocol.pyx` into C, `cc` compiles it against the
-//! target interpreter's headers, and the static library is linked into the
-//! same shared object as the PyO3 module, which initialises it as the
-//! submodule `bluewren._protocol`. The Cython code calls the engine through the
-//! C ABI in `include/bluewren.h`, implemented by `src/cabi.rs`.
+//! cython turns `cython/_protocol.pyx` (the event-loop protocol) and
+//! `cython/_sqlite.pyx` (the store's native appender) into C, `cc` compiles
+//! them against the target interpreter's headers, and the static library is
+//! linked into the same shared object as the PyO3 module, which initialises
+//! them as the submodules `bluewren._protocol` and `bluewren._sqlite`. The
+//! protocol calls the engine through the C ABI in `include/bluewren.h`,
+//! implemented by `src/cabi.rs`; the appender calls the system's SQLite
+//! library, the one the standard library's `sqlite3` module links.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -44,7 +47,10 @@ fn main() {
         "locating the Python headers",
     );
 
-    let modules = [("_protocol", "bluewren._protocol")];
+    let modules = [
+        ("_protocol", "bluewren._protocol"),
+        ("_sqlite", "bluewren._sqlite"),
+    ];
     let mut build = cc::Build::new();
     for (stem, qualified) in modules {
         let pyx = manifest.join("cython").join(format!("{stem}.pyx"));
@@ -87,4 +93,6 @@ fn main() {
         .opt_level(3)
         .warnings(false)
         .compile("bluewren_cython");
+    // Shared, never bundled: one copy of SQLite per process (see cython/_sqlite.pyx).
+    println!("cargo:rustc-link-lib=dylib=sqlite3");
 }

@@ -120,8 +120,9 @@ def test_group_commit_puts_1000_concurrent_appends_in_far_fewer_commits(run: Run
 Outcomes = list[AppendResult | StoreError]
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_append_each_nowait_answers_each_run_once_in_commit_order_on_the_loop(
-    run: Run, db: Path
+    run: Run, db: Path, native: bool
 ) -> None:
     """The node's path: no future per write; ``callback(outcomes, None)`` once per call,
     in the order the calls were made, with per message the result ``append`` gives (a
@@ -129,7 +130,8 @@ def test_append_each_nowait_answers_each_run_once_in_commit_order_on_the_loop(
     appends queued together share a transaction and keep their order."""
 
     async def scenario() -> None:
-        async with SQLiteStore(db) as store:
+        async with SQLiteStore(db, native_appends=native) as store:
+            assert (store._appender is not None) is native
             conv = (await store.create_direct("a", "b")).id
             other = (await store.create_direct("a", "c")).id
             loop = asyncio.get_running_loop()
@@ -209,6 +211,119 @@ def test_append_each_nowait_fails_a_message_alone_and_the_database_all_of_them(
             assert [m.seq for m in await history_all(store, conv)] == [1, 2]
 
     run(scenario())
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_appends_store_the_same_rows_natively_and_in_python(
+    run: Run, tmp_path: Path, native: bool
+) -> None:
+    """Both write paths give the same outcomes and the same rows: seqs per
+    conversation, the u64 cmid folded into SQLite's i64 and back, NULL for cmid 0,
+    unicode names, empty and binary bodies, the kind and one timestamp per batch."""
+    messages = [
+        NewMessage(1, "ålice", "phöne", CMID_MAX, b""),
+        NewMessage(2, "b", "d", 0, bytes(range(256)) * 4),
+        NewMessage(1, "b", "d", 1 << 63, b"\x00x", "text"),
+        NewMessage(2, "ålice", "d", 5, b"z"),
+    ]
+
+    async def scenario() -> None:
+        async with SQLiteStore(tmp_path / "s.db", native_appends=native) as store:
+            for peer in ("b", "c"):
+                await store.create_direct("ålice", peer)
+            answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            store.append_each_nowait(messages, lambda o, e: answer.set_result((o, e)))
+            outcomes, error = await asyncio.wait_for(answer, 10)
+            assert error is None
+            assert [(o.message.conv, o.message.seq) for o in outcomes] == [
+                (1, 1),
+                (2, 1),
+                (1, 2),
+                (2, 2),
+            ]
+            stored = await history_all(store, 1) + await history_all(store, 2)
+            by_key = sorted(outcomes, key=lambda o: (o.message.conv, o.message.seq))
+            assert stored == [o.message for o in by_key]
+            assert [(m.sender, m.device, m.cmid, m.body, m.kind) for m in stored] == [
+                (m.sender, m.device, m.cmid, m.body, m.kind)
+                for m in (messages[0], messages[2], messages[1], messages[3])
+            ]
+            assert len({m.created_at for m in stored}) == 1
+
+        conn = sqlite3.connect(tmp_path / "s.db")
+        try:
+            rows = conn.execute("SELECT cmid FROM messages ORDER BY conv, seq").fetchall()
+        finally:
+            conn.close()
+        assert rows == [(-1,), (-(1 << 63),), (None,), (5,)]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_appends_while_another_process_holds_the_lock_fail_unavailable_and_write_nothing(
+    run: Run, db: Path, native: bool
+) -> None:
+    """Past the busy timeout, a batch of appends fails as a whole with
+    StoreUnavailableError naming the lock, on either path; once the lock is gone the
+    same appends succeed."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db, busy_timeout_ms=50, native_appends=native) as store:
+            conv = (await store.create_direct("a", "b")).id
+            loop = asyncio.get_running_loop()
+            messages = [NewMessage(conv, "a", "d", i + 1, b"x") for i in range(3)]
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                answer: asyncio.Future[Any] = loop.create_future()
+                store.append_each_nowait(messages, lambda o, e: answer.set_result((o, e)))
+                outcomes, error = await asyncio.wait_for(answer, 10)
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert outcomes is None
+            assert isinstance(error, StoreUnavailableError)
+            assert "busy timeout" in str(error)
+            assert await history_all(store, conv) == []
+            answer = loop.create_future()
+            store.append_each_nowait(messages, lambda o, e: answer.set_result((o, e)))
+            outcomes, error = await asyncio.wait_for(answer, 10)
+            assert error is None
+            assert [o.message.seq for o in outcomes] == [1, 2, 3]
+
+    run(scenario())
+
+
+def test_native_appender_is_not_used_with_another_sqlite_library(
+    run: Run, db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two copies of SQLite in one process would not see each other's locks: if the
+    appender does not see a setting made through the sqlite3 module, the store says so
+    and writes in Python."""
+    import bluewren.store.sqlite as module
+
+    class OtherLibrary:
+        @staticmethod
+        def soft_heap_limit() -> int:
+            return 0
+
+    monkeypatch.setattr(module, "Appender", OtherLibrary)
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            assert store._appender is None
+            conv = (await store.create_direct("a", "b")).id
+            assert (await store.append(conv, "a", "d", 1, b"x")).message.seq == 1
+
+    with caplog.at_level("WARNING", logger="bluewren.store.sqlite"):
+        run(scenario())
+    assert "another SQLite library" in caplog.text
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA soft_heap_limit").fetchone() == (0,)  # put back
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize(

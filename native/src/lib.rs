@@ -3,8 +3,8 @@
 //! This crate holds no logic. Each class wraps an engine type under its Python
 //! name, converts arguments, releases the GIL around bulk work through
 //! [`gil::detach_if`], and maps engine errors to the exceptions in [`errors`].
-//! It also links the Cython protocol (see `build.rs`) and initialises it as
-//! `bluewren._protocol`.
+//! It also links the Cython modules (see `build.rs`) and initialises them as
+//! `bluewren._protocol` and `bluewren._sqlite`.
 
 mod cabi;
 mod compress;
@@ -20,23 +20,30 @@ use pyo3::{ffi, types::PyDict};
 
 extern "C" {
     fn PyInit__protocol() -> *mut ffi::PyObject;
+    fn PyInit__sqlite() -> *mut ffi::PyObject;
 }
 
-/// Creates the Cython module `bluewren._protocol` the way the import system
-/// creates an extension module (multi-phase init with a spec) and registers it
-/// in `sys.modules`, so `import bluewren._protocol` finds it.
-fn init_cython(py: Python<'_>, parent: &Bound<'_, PyModule>) -> PyResult<()> {
-    let name = "bluewren._protocol";
+/// Creates the Cython module `bluewren.<attr>`, whose init function is `init`,
+/// the way the import system creates an extension module (multi-phase init
+/// with a spec), and registers it in `sys.modules`, so `import bluewren.<attr>`
+/// finds it.
+fn init_cython(
+    py: Python<'_>,
+    parent: &Bound<'_, PyModule>,
+    attr: &str,
+    init: unsafe extern "C" fn() -> *mut ffi::PyObject,
+) -> PyResult<()> {
+    let name = format!("bluewren.{attr}");
     let spec = py
         .import("importlib.machinery")?
         .getattr("ModuleSpec")?
-        .call1((name, py.None()))?;
-    // SAFETY: PyInit__protocol is the Cython module's init function, linked in
-    // by build.rs; it returns its PyModuleDef (multi-phase init), which
+        .call1((&name, py.None()))?;
+    // SAFETY: `init` is a Cython module's init function, linked in by
+    // build.rs; it returns its PyModuleDef (multi-phase init), which
     // PyModule_FromDefAndSpec2 and PyModule_ExecDef turn into a module, exactly
     // as importlib's ExtensionFileLoader does.
     let module = unsafe {
-        let def = PyInit__protocol() as *mut ffi::PyModuleDef;
+        let def = init() as *mut ffi::PyModuleDef;
         if def.is_null() {
             return Err(PyErr::fetch(py));
         }
@@ -53,8 +60,8 @@ fn init_cython(py: Python<'_>, parent: &Bound<'_, PyModule>) -> PyResult<()> {
         .import("sys")?
         .getattr("modules")?
         .cast_into::<PyDict>()?;
-    modules.set_item(name, &module)?;
-    parent.add("_protocol", module)?;
+    modules.set_item(&name, &module)?;
+    parent.add(attr, module)?;
     Ok(())
 }
 
@@ -67,6 +74,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ws::register(m)?;
     fanout::register(m)?;
     compress::register(m)?;
-    init_cython(m.py(), m)?;
+    init_cython(m.py(), m, "_protocol", PyInit__protocol)?;
+    init_cython(m.py(), m, "_sqlite", PyInit__sqlite)?;
     Ok(())
 }

@@ -80,6 +80,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar, cast
 
+from bluewren import _native  # noqa: F401  (initialises bluewren._sqlite)
+from bluewren._sqlite import Appender
 from bluewren.errors import (
     ConversationKindError,
     ConversationNotFoundError,
@@ -148,6 +150,10 @@ _UNAVAILABLE_CODES: Final = frozenset(
     }
 )
 
+_LIBRARY_PROBE: Final = 0x3A5E_B10C
+"""A soft heap limit in bytes no one sets, written through one SQLite binding and read
+through the other to tell whether they share the library (``_open_appender``)."""
+
 _MESSAGE_COLUMNS: Final = "conv, seq, sender, device, cmid, body, kind, created_at"
 _NEXT_SEQ: Final = (
     "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"
@@ -189,6 +195,51 @@ def _message_from_row(row: tuple[Any, ...]) -> StoredMessage:
     elif cmid < 0:
         cmid += _U64
     return new_stored_message(conv, seq, sender, device, cmid, body, kind, created_at)
+
+
+def _appended(ops: list[_WriteOp]) -> list[NewMessage]:
+    """The messages of a run of append ops, in order."""
+    messages: list[NewMessage] = []
+    for op in ops:
+        if op.messages is not None:
+            messages += op.messages
+        else:
+            messages.append(cast(NewMessage, op.message))
+    return messages
+
+
+def _per_conversation(messages: list[NewMessage]) -> dict[int, int]:
+    """How many of ``messages`` each conversation has, in order of first appearance."""
+    counts: dict[int, int] = {}
+    get = counts.get
+    for m in messages:
+        counts[m.conv] = get(m.conv, 0) + 1
+    return counts
+
+
+def _appended_results(
+    messages: list[NewMessage], seqs: list[int], now: float
+) -> list[AppendResult]:
+    """What appending ``messages`` under ``seqs`` at ``now`` gave (none a duplicate)."""
+    return [
+        new_append_result(
+            new_stored_message(m.conv, seq, m.sender, m.device, m.cmid, m.body, m.kind, now),
+            False,
+        )
+        for m, seq in zip(messages, seqs, strict=True)
+    ]
+
+
+def _hand_out(ops: list[_WriteOp], results: list[AppendResult]) -> None:
+    """Gives each op of a run of appends its results (``results`` in the run's order)."""
+    at = 0
+    for op in ops:
+        if op.messages is not None:
+            op.result = results[at : at + op.size]
+            at += op.size
+        else:
+            op.result = results[at]
+            at += 1
 
 
 class _Fallback(Exception):
@@ -251,6 +302,8 @@ class SQLiteStore(Store):
     number of threads (each with its own connection) serving reads.
     ``wal_checkpoint_pages`` is the write-ahead log length (in pages) at which the writer
     checkpoints between two batches (see the module documentation).
+    ``native_appends`` lets batches made of appends alone be written by the native
+    appender (see the module documentation); False writes every batch in Python.
     """
 
     def __init__(
@@ -262,6 +315,7 @@ class SQLiteStore(Store):
         batch_max: int = 1024,
         read_threads: int = 2,
         wal_checkpoint_pages: int = 1000,
+        native_appends: bool = True,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
@@ -289,6 +343,8 @@ class SQLiteStore(Store):
         self.batch_max: Final = batch_max
         self.read_threads: Final = read_threads
         self.wal_checkpoint_pages: Final = wal_checkpoint_pages
+        self.native_appends: Final = native_appends
+        self._appender: Appender | None = None
         self._shm: int | None = None
         """The writer's descriptor of the ``-shm`` file, to read the log's length."""
         self._checkpoint_due = False
@@ -406,6 +462,7 @@ class SQLiteStore(Store):
             # Checkpoints run between batches (see _checkpoint), never inside a COMMIT.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             apply_migrations(conn, MIGRATIONS, path=self.path)
+            self._appender = self._open_appender(conn)
             try:
                 self._shm = os.open(self.path + "-shm", os.O_RDONLY)
             except OSError:
@@ -417,6 +474,27 @@ class SQLiteStore(Store):
             conn.close()
             raise
         self._wconn = conn
+
+    def _open_appender(self, conn: sqlite3.Connection) -> Appender | None:
+        """The native appender, if allowed and if it uses the same SQLite library as the
+        standard library's ``sqlite3`` (two copies in one process would not see each
+        other's locks): told by a library-wide setting one sets and the other reads."""
+        if not self.native_appends:
+            return None
+        (previous,) = conn.execute("PRAGMA soft_heap_limit").fetchone()
+        conn.execute(f"PRAGMA soft_heap_limit = {_LIBRARY_PROBE}")
+        try:
+            shared = Appender.soft_heap_limit() == _LIBRARY_PROBE
+        finally:
+            conn.execute(f"PRAGMA soft_heap_limit = {int(previous)}")
+        if not shared:
+            log.warning(
+                "bluewren._sqlite links another SQLite library than the sqlite3 module "
+                "(%s): appends are written in Python",
+                sqlite3.sqlite_version,
+            )
+            return None
+        return Appender(self.path, self.synchronous, self.busy_timeout_ms)
 
     def _close_connections(self) -> None:
         # Runs on the writer thread, after the last batch: no write can be in flight.
@@ -436,6 +514,9 @@ class SQLiteStore(Store):
         if self._shm is not None:
             os.close(self._shm)
             self._shm = None
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
@@ -620,19 +701,8 @@ class SQLiteStore(Store):
         stats = self.stats
         started = time.monotonic()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            run: list[_WriteOp] = []
-            for op in batch:
-                if op.run is None:  # an append, or appends (append_each_nowait)
-                    run.append(op)
-                    continue
-                if run:
-                    self._append_run(conn, run)
-                    run = []
-                self._run_op(conn, op)
-            if run:
-                self._append_run(conn, run)
-            conn.execute("COMMIT")
+            if not self._append_natively(batch):
+                self._write_batch(conn, batch)
         except Exception as exc:
             self._rollback(conn)
             stats.rollbacks += 1
@@ -657,6 +727,42 @@ class SQLiteStore(Store):
             if op.error is None:
                 self._count_appends(op.result)
         stats.largest_batch = max(stats.largest_batch, size)
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_WriteOp]) -> None:
+        """``batch`` in one transaction through the standard library's sqlite3."""
+        conn.execute("BEGIN IMMEDIATE")
+        run: list[_WriteOp] = []
+        for op in batch:
+            if op.run is None:  # an append, or appends (append_each_nowait)
+                run.append(op)
+                continue
+            if run:
+                self._append_run(conn, run)
+                run = []
+            self._run_op(conn, op)
+        if run:
+            self._append_run(conn, run)
+        conn.execute("COMMIT")
+
+    def _append_natively(self, batch: list[_WriteOp]) -> bool:
+        """Writes a batch made of appends alone through the native appender, in one
+        transaction of its own connection, and fills each op's result. False, having
+        written nothing, when there is no appender, the batch holds other writes, or an
+        append needs the Python path (a retry, an unknown conversation). Raises
+        sqlite3.Error if the database failed the batch (nothing was written)."""
+        appender = self._appender
+        if appender is None:
+            return False
+        for op in batch:
+            if op.run is not None:
+                return False
+        messages = _appended(batch)
+        now = time.time()
+        seqs = appender.append(messages, _per_conversation(messages), now)
+        if seqs is None:
+            return False
+        _hand_out(batch, _appended_results(messages, seqs, now))
+        return True
 
     def _count_appends(self, result: object) -> None:
         results: Iterable[object]
@@ -715,16 +821,8 @@ class SQLiteStore(Store):
         if len(ops) == 1 and ops[0].message is not None:
             self._run_op(conn, ops[0])
             return
-        messages: list[NewMessage] = []
-        for op in ops:
-            if op.messages is not None:
-                messages += op.messages
-            else:
-                messages.append(cast(NewMessage, op.message))
-        counts: dict[int, int] = {}
-        get = counts.get
-        for m in messages:
-            counts[m.conv] = get(m.conv, 0) + 1
+        messages = _appended(ops)
+        counts = _per_conversation(messages)
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         append = rows.append
@@ -750,21 +848,7 @@ class SQLiteStore(Store):
                 self._run_op(conn, op)
             return
         conn.execute("RELEASE run")
-        results = [
-            new_append_result(
-                new_stored_message(m.conv, r[1], m.sender, m.device, m.cmid, m.body, m.kind, now),
-                False,
-            )
-            for m, r in zip(messages, rows, strict=True)
-        ]
-        at = 0
-        for op in ops:
-            if op.messages is not None:
-                op.result = results[at : at + op.size]
-                at += op.size
-            else:
-                op.result = results[at]
-                at += 1
+        _hand_out(ops, _appended_results(messages, [row[1] for row in rows], now))
 
     def _wal_frames(self) -> int:
         """The frames in the write-ahead log (writer thread; 0 if it cannot tell)."""
