@@ -7,7 +7,9 @@ Loaded by every Python process started with this directory on ``PYTHONPATH`` (as
 ``sitecustomize``), it wraps three methods of ``SQLiteStore`` and records, for every
 write that went through a group commit: the time it waited in the queue (queued until
 its batch's commit began), the commit (on the writer thread), and the hop back (commit
-done until the loop resolved the batch: loop scheduling delay), with the batch's size.
+done until the loop resolved the batch: loop scheduling delay), with the batch's size in
+messages; a write of several messages (the node's ``append_each_nowait``) counts once
+per message.
 A process that stored something writes them at exit to
 ``/tmp/bluewren-stages-PID.json``. The bookkeeping costs the node 16-20% of its peak
 (benchmarks/results/node.md, "Where the half-rate ack latency goes").
@@ -54,13 +56,13 @@ def _timed_commit_batch(self: sqlite.SQLiteStore, batch: list[Any]) -> None:
 
 def _timed_resolve(batch: list[Any]) -> None:
     now = time.perf_counter()
+    size = sum(op.size for op in batch)  # messages: an append_each_nowait is one op
     for op in batch:
         queued = _queued.pop(id(op), None)
         commit = _committed.pop(id(op), None)
         if queued is not None and commit is not None:
-            _rows.append(
-                (commit[0] - queued, commit[1] - commit[0], now - commit[1], len(batch), now)
-            )
+            row = (commit[0] - queued, commit[1] - commit[0], now - commit[1], size, now)
+            _rows.extend([row] * op.size)  # one row per message
     _resolve(batch)
 
 
