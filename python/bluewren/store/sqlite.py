@@ -14,6 +14,17 @@ library's ``sqlite3``. Nothing touches the database on the event loop:
   constant while throughput grows. ``batch_max=1`` gives one transaction per write.
   The writer thread hands a committed batch straight back to the loop, so its callers
   are answered in the loop's next pass, before the next batch is even taken.
+  :meth:`SQLiteStore.append_each_nowait` queues many appends as one write, answered
+  with one callback: the node's hot path, without a future per message.
+* **The native appender.** A batch made of appends alone is written by
+  ``bluewren._sqlite.Appender`` (Cython on SQLite's C API), on a second connection the
+  writer thread owns: the same statements in one transaction, every row bound and
+  inserted with the GIL released once. Anything but the plain case (a retry, an unknown
+  conversation, a batch holding other writes) is written through ``sqlite3`` instead,
+  with the same outcomes. Two copies of SQLite in one process would not see each other's
+  file locks, so the store uses the appender only after checking that it shares the
+  ``sqlite3`` module's library (``_open_appender``), and ``native_appends=False``
+  turns it off.
 * **Readers in parallel.** Reads run on their own thread(s) and connections; WAL lets
   them read the last committed state while the writer writes. A write's result is
   visible to every read started after its awaitable completed.
