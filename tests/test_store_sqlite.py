@@ -1345,3 +1345,42 @@ def test_native_and_python_appends_give_the_same_outcomes_and_rows(
 
     native, python = asyncio.run(play(True)), asyncio.run(play(False))
     assert native == python
+
+
+def test_appender_writes_plain_batches_and_leaves_the_rest_to_python(run: Run, db: Path) -> None:
+    """``bluewren._sqlite.Appender`` on its own: seqs per conversation for a plain batch;
+    None, with nothing written, for a retry or an unknown conversation; nothing to do for
+    no messages; a closed appender refuses; a bad setting is refused by name."""
+    from bluewren._sqlite import Appender
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            await store.create_direct("a", "b")
+            await store.create_direct("a", "c")
+        appender = Appender(str(db), "FULL", 100)
+        try:
+            first = [NewMessage(1, "a", "d", 1, b"x"), NewMessage(2, "a", "d", 2, b"y")]
+            first.append(NewMessage(1, "b", "d", 0, b"z"))
+            assert appender.append(first, {1: 2, 2: 1}, 1.0) == [1, 1, 2]
+            retry = [NewMessage(2, "a", "d", 9, b"new"), NewMessage(1, "a", "d", 1, b"x")]
+            assert appender.append(retry, {2: 1, 1: 1}, 2.0) is None
+            unknown = [NewMessage(7, "a", "d", 3, b"x")]
+            assert appender.append(unknown, {7: 1}, 3.0) is None
+            assert appender.append([], {}, 4.0) == []
+        finally:
+            appender.close()
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            appender.append(first, {1: 2, 2: 1}, 5.0)
+        with pytest.raises(ValueError, match="synchronous"):
+            Appender(str(db), "OFF", 100)
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            Appender(str(db.parent / "missing" / "x.db"), "NORMAL", 100)
+        assert caught.value.sqlite_errorcode & 0xFF == 14  # SQLITE_CANTOPEN
+        assert caught.value.sqlite_errorname == "SQLITE_CANTOPEN"
+        async with SQLiteStore(db) as store:
+            rows = [(m.conv, m.seq, m.cmid) for c in (1, 2) for m in await history_all(store, c)]
+            assert rows == [(1, 1, 1), (1, 2, 0), (2, 1, 2)]
+            assert await store.last_seq(1) == 2
+            assert await store.last_seq(2) == 1
+
+    run(scenario())

@@ -188,6 +188,8 @@ cdef class Appender:
         batch needs the Python path (nothing was written)."""
         if self._db == NULL:
             raise pysqlite.ProgrammingError("the appender is closed")
+        if not messages:
+            return []
         cdef Py_ssize_t n = len(messages)
         cdef Py_ssize_t nc = len(counts)
         cdef Row *rows = <Row *>PyMem_Malloc(n * sizeof(Row))
