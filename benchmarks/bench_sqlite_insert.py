@@ -40,6 +40,12 @@ VARIANTS: dict[str, tuple[str, str, bool, bool]] = {
         True,
     ),
     "store schema, upsert, foreign keys off": (STORE, UPSERT, False, False),
+    "store schema without the dedup index (retries would not be deduplicated)": (
+        f"CREATE TABLE messages ({FIELDS}, UNIQUE (conv, seq))",
+        f"INSERT INTO messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        False,
+        True,
+    ),
     "WITHOUT ROWID keyed (conv, seq), dedup index": (
         f"CREATE TABLE messages ({FIELDS}, PRIMARY KEY (conv, seq), "
         "UNIQUE (sender, conv, cmid)) WITHOUT ROWID",

@@ -28,9 +28,11 @@ from bluewren import (
     parse_handshake_response,
 )
 from bluewren.client import Client, Event
-from bluewren.node import ErrorCode, Kind, Node, decode_envelope
+from bluewren.errors import ConversationNotFoundError
+from bluewren.node import ErrorCode, Kind, Node, NodeConfig, decode_envelope
 from bluewren.node.compression import CAP_ZSTD, COMPRESS_MIN_BYTES, chat_corpus, load_dictionary
-from conftest import NodeRunner, NodeScenario, node_runner
+from bluewren.store import AppendResult, SQLiteStore
+from conftest import LOOP_FACTORIES, NodeRunner, NodeScenario, node_runner
 
 SECRET = "t" * 48
 Frame = tuple[int, int, int, int, int, bytes]
@@ -391,3 +393,53 @@ def test_json_client_asking_for_compression_gets_none(run: Run) -> None:
         await client.close()
 
     run(scenario)
+
+
+class _RefusesCmidTwo(SQLiteStore):
+    """Appends whose cmid is 2 fail on their own (a StoreError that is the caller's
+    business); an ``append`` of its own also routes the node's runs through it."""
+
+    async def append(
+        self, conv: int, sender: str, device: str, cmid: int, body: bytes, kind: str = "text"
+    ) -> AppendResult:
+        if cmid == 2:
+            raise ConversationNotFoundError(conv)
+        return await super().append(conv, sender, device, cmid, body, kind)
+
+
+def test_a_run_answers_each_send_in_order_when_one_fails_alone(
+    loop_name: str, tmp_path: Path
+) -> None:
+    """Three SENDs of one connection reach the store as one run; the middle one fails on
+    its own: the connection gets ACK, ERROR, ACK in that order (the ACK queued before
+    the failure leaves first), and the other two are stored."""
+
+    async def main() -> None:
+        store = _RefusesCmidTwo(tmp_path / "run.db")
+        await store.open()
+        config = NodeConfig(port=0, data_dir=tmp_path, token_secret=SECRET, tcp_port=0)
+        node = Node(config, store=store)
+        await node.start()
+        try:
+            alice, conv = await direct(node, "alice", "bob")
+            bob = await Stream.tcp(node)
+            await bob.hello(node, "bob")
+            bob.command(Kind.SEND, b"warm-up", conv=conv, cmid=10)  # caches the membership
+            assert (await bob.next(Kind.ACK))[4] == 10
+            bob.write(b"".join(encode_frame(Kind.SEND, b"m", conv, 0, c) for c in (1, 2, 3)))
+            answers = [await bob.next() for _ in range(3)]
+            assert [(f[0], f[4]) for f in answers] == [
+                (Kind.ACK, 1),
+                (Kind.ERROR, 2),
+                (Kind.ACK, 3),
+            ]
+            assert json.loads(answers[1][5])["code"] == ErrorCode.NO_SUCH_CONVERSATION
+            assert [m.cmid for m in await store.history(conv, 0, 10)] == [10, 1, 3]
+            bob.close()
+            await alice.close()
+        finally:
+            await node.stop()
+            await store.close()
+
+    with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as r:
+        r.run(asyncio.wait_for(main(), 30))
