@@ -181,24 +181,25 @@ cdef class Appender:
         """SQLite's soft heap limit, a setting of the library copy this module uses."""
         return sqlite3_soft_heap_limit64(-1)
 
-    def append(self, list messages, dict counts, double now):
+    def append(self, list messages, double now):
         """Writes ``messages`` (validated ``NewMessage``s) in one transaction stamped
-        ``now``; ``counts`` holds how many of them each conversation has, in the order
-        the conversations first appear. Returns each message's seq, or None if the
-        batch needs the Python path (nothing was written)."""
+        ``now``. Returns each message's seq, or None if the batch needs the Python path
+        (nothing was written)."""
         if self._db == NULL:
             raise pysqlite.ProgrammingError("the appender is closed")
         if not messages:
             return []
         cdef Py_ssize_t n = len(messages)
-        cdef Py_ssize_t nc = len(counts)
+        cdef Py_ssize_t nc = 0
         cdef Row *rows = <Row *>PyMem_Malloc(n * sizeof(Row))
-        cdef int64_t *slots = <int64_t *>PyMem_Malloc(2 * nc * sizeof(int64_t))
-        cdef int64_t *next_seq = slots + nc
+        # Per conversation, in order of first appearance: its id (``slots``), and how
+        # many of the messages it has (``next_seq``, until the seqs are reserved).
+        cdef int64_t *slots = <int64_t *>PyMem_Malloc(2 * n * sizeof(int64_t))
+        cdef int64_t *next_seq = slots + n
         cdef Row *row
         cdef uint64_t cmid
         cdef Py_ssize_t i
-        cdef Py_ssize_t j = 0
+        cdef Py_ssize_t j
         cdef int outcome = WRITTEN
         if rows == NULL or slots == NULL:
             PyMem_Free(rows)
@@ -206,16 +207,21 @@ cdef class Appender:
             raise MemoryError()
         try:
             slot_of = {}
-            for conv, count in counts.items():
-                slot_of[conv] = j
-                slots[j] = conv
-                next_seq[j] = count
-                j += 1
             for i in range(n):
                 m = messages[i]
                 row = &rows[i]
-                row.conv = m.conv
-                row.slot = slot_of[m.conv]
+                conv = m.conv
+                row.conv = conv
+                slot = slot_of.get(conv)
+                if slot is None:
+                    j = slot_of[conv] = nc
+                    slots[j] = row.conv
+                    next_seq[j] = 0
+                    nc += 1
+                else:
+                    j = slot
+                row.slot = j
+                next_seq[j] += 1
                 cmid = m.cmid
                 row.has_cmid = cmid != 0
                 row.cmid = <int64_t>cmid  # u64 folded into i64, as the store stores it

@@ -162,7 +162,7 @@ _UNAVAILABLE_CODES: Final = frozenset(
 )
 
 _LIBRARY_PROBE: Final = 0x3A5E_B10C
-"""A soft heap limit in bytes no one sets, written through one SQLite binding and read
+"""An unlikely soft heap limit (bytes), written through one SQLite binding and read
 through the other to tell whether they share the library (``_open_appender``)."""
 
 _MESSAGE_COLUMNS: Final = "conv, seq, sender, device, cmid, body, kind, created_at"
@@ -217,15 +217,6 @@ def _appended(ops: list[_WriteOp]) -> list[NewMessage]:
         else:
             messages.append(cast(NewMessage, op.message))
     return messages
-
-
-def _per_conversation(messages: list[NewMessage]) -> dict[int, int]:
-    """How many of ``messages`` each conversation has, in order of first appearance."""
-    counts: dict[int, int] = {}
-    get = counts.get
-    for m in messages:
-        counts[m.conv] = get(m.conv, 0) + 1
-    return counts
 
 
 def _appended_results(
@@ -607,11 +598,15 @@ class SQLiteStore(Store):
     ) -> asyncio.Future[_T]:
         loop = self._loop_or_raise()
         future: asyncio.Future[_T] = loop.create_future()
-        self._pending.append(_WriteOp(run, future, size, isolated, message=message))
+        self._enqueue(_WriteOp(run, future, size, isolated, message=message))
+        return future
+
+    def _enqueue(self, op: _WriteOp) -> None:
+        """Queues ``op`` for the next batch and wakes the batching task."""
+        self._pending.append(op)
         wakeup = self._wakeup
         assert wakeup is not None
         wakeup.set()
-        return future
 
     async def _run_batches(self) -> None:
         """The group-commit task: one transaction per round of queued writes."""
@@ -769,7 +764,7 @@ class SQLiteStore(Store):
                 return False
         messages = _appended(batch)
         now = time.time()
-        seqs = appender.append(messages, _per_conversation(messages), now)
+        seqs = appender.append(messages, now)
         if seqs is None:
             return False
         _hand_out(batch, _appended_results(messages, seqs, now))
@@ -833,7 +828,10 @@ class SQLiteStore(Store):
             self._run_op(conn, ops[0])
             return
         messages = _appended(ops)
-        counts = _per_conversation(messages)
+        counts: dict[int, int] = {}
+        get = counts.get
+        for m in messages:
+            counts[m.conv] = get(m.conv, 0) + 1
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         append = rows.append
@@ -977,12 +975,7 @@ class SQLiteStore(Store):
         self._loop_or_raise()
         if not batch:
             raise StoreArgumentError("messages", "no messages to append")
-        self._pending.append(
-            _WriteOp(None, None, len(batch), False, None, None, callback, None, batch)
-        )
-        wakeup = self._wakeup
-        assert wakeup is not None
-        wakeup.set()
+        self._enqueue(_WriteOp(None, None, len(batch), False, None, None, callback, None, batch))
 
     async def append_many(self, messages: Sequence[NewMessage]) -> list[AppendResult]:
         """Appends ``messages`` all-or-nothing; see :meth:`Store.append_many`."""
