@@ -159,8 +159,8 @@ class Node:
         """SENDs of the synchronous path between store submission and ACK."""
         self._send_run: list[tuple[Session, Command, _Members]] = []
         self._run_messages: list[NewMessage] = []
-        """The synchronous path's SENDs of this loop pass, validated, not yet handed to
-        the store: one ``append_each_nowait`` per pass (``_submit_sends``)."""
+        """The synchronous path's SENDs of this loop pass, checked by the node, not yet
+        handed to the store: one ``append_each_nowait`` per pass (``_submit_sends``)."""
         self._run_started = 0.0
         self._sends_drained: asyncio.Future[None] | None = None
         self.metrics: Final = NodeMetrics()
@@ -664,21 +664,28 @@ class Node:
 
     # -- SEND ------------------------------------------------------------------------
 
-    async def _send(self, session: Session, cmd: Command) -> None:
-        assert session.identity is not None
-        user, device = session.identity.user, session.identity.device
+    def _send_body(self, cmd: Command) -> bytes:
+        """The body SEND ``cmd`` stores (decompressed into ``cmd.body``), or CommandError
+        for a SEND no path may store: no cmid, no conversation, a bad or oversized body."""
         if cmd.cmid == 0:
             raise CommandError(ErrorCode.BAD_REQUEST, "SEND needs a non-zero cmid")
         if cmd.conv == 0:
             raise CommandError(ErrorCode.BAD_REQUEST, "SEND needs a conversation id (conv)")
         if cmd.flags:
             cmd.body = self._decompress(cmd.flags, cmd.body)
-        if len(cmd.body) > self.config.max_message_bytes:
+        body = cmd.body
+        if len(body) > self.config.max_message_bytes:
             raise CommandError(
                 ErrorCode.TOO_LARGE,
-                f"message body of {len(cmd.body)} bytes exceeds the node's limit of "
+                f"message body of {len(body)} bytes exceeds the node's limit of "
                 f"{self.config.max_message_bytes} bytes: split it or send a link",
             )
+        return body
+
+    async def _send(self, session: Session, cmd: Command) -> None:
+        assert session.identity is not None
+        user, device = session.identity.user, session.identity.device
+        self._send_body(cmd)
         # Sends of one session reach the store in arrival order, even when one of them
         # has to wait for the membership to load.
         previous = session.send_gate
@@ -729,19 +736,7 @@ class Node:
         CommandError or StoreError for what ``_send`` would answer with."""
         assert session.identity is not None
         user, device = session.identity.user, session.identity.device
-        if cmd.cmid == 0:
-            raise CommandError(ErrorCode.BAD_REQUEST, "SEND needs a non-zero cmid")
-        if cmd.conv == 0:
-            raise CommandError(ErrorCode.BAD_REQUEST, "SEND needs a conversation id (conv)")
-        if cmd.flags:
-            cmd.body = self._decompress(cmd.flags, cmd.body)
-        body = cmd.body
-        if len(body) > self.config.max_message_bytes:
-            raise CommandError(
-                ErrorCode.TOO_LARGE,
-                f"message body of {len(body)} bytes exceeds the node's limit of "
-                f"{self.config.max_message_bytes} bytes: split it or send a link",
-            )
+        body = self._send_body(cmd)
         if user not in members:
             raise CommandError(
                 ErrorCode.NOT_MEMBER, f"you are not a member of conversation {cmd.conv}"
@@ -788,7 +783,6 @@ class Node:
                 self._sends_drained.set_result(None)
             self._sends_drained = None
         debug = log.isEnabledFor(logging.DEBUG)
-        after_store = self.hooks.after_store is not None
         stored = 0
         # Consecutive ACKs of one connection are queued together.
         acks: list[bytes] = []
@@ -826,8 +820,7 @@ class Node:
                         },
                     )
                 self._publish(message, session, members)
-                if after_store:
-                    self._spawn(self.hooks.stored(message))
+                self._after_store(message)
             except Exception:
                 if acks:
                     session.emit_payloads(acks)
