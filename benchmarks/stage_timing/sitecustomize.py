@@ -4,19 +4,24 @@
     python benchmarks/stage_timing/summarize.py /tmp/bluewren-stages-*.json
 
 Loaded by every Python process started with this directory on ``PYTHONPATH`` (as
-``sitecustomize``), it wraps three methods of ``SQLiteStore`` and records, for every
-write that went through a group commit: the time it waited in the queue (queued until
-its batch's commit began), the commit (on the writer thread), and the hop back (commit
-done until the loop resolved the batch: loop scheduling delay), with the batch's size in
-messages; a write of several messages (the node's ``append_each_nowait``) counts once
-per message.
-A process that stored something writes them at exit to
-``/tmp/bluewren-stages-PID.json``. The bookkeeping costs the node 16-20% of its peak
-(benchmarks/results/node.md, "Where the half-rate ack latency goes").
+``sitecustomize``), it wraps methods of ``SQLiteStore`` and records:
+
+* for every write that went through a group commit: the time it waited in the queue
+  (queued until its batch's commit began), the commit (on the writer thread), and the
+  hop back (commit done until the loop resolved the batch: loop scheduling delay), with
+  the batch's size in messages; a write of several messages (the node's
+  ``append_each_nowait``) counts once per message;
+* every commit's start and end, so the gaps between commits show;
+* every checkpoint step (1 on the checkpoint thread, 2 on the writer) and its duration;
+* the event loop's lag: a timer due every millisecond, and how late it ran.
+
+A process that stored something writes them at exit to ``/tmp/bluewren-stages-PID.json``.
+The bookkeeping costs the node some of its peak (benchmarks/results/node.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
@@ -28,6 +33,11 @@ from bluewren.store import sqlite
 _queued: dict[int, float] = {}
 _committed: dict[int, tuple[float, float]] = {}
 _rows: list[tuple[float, float, float, int, float]] = []
+_commits: list[tuple[float, float]] = []
+_checkpoints: list[tuple[int, float, float]] = []
+_lag: list[tuple[float, float]] = []
+
+LAG_TICK_S = 0.001
 
 
 class _TimedList(list):  # type: ignore[type-arg]
@@ -39,10 +49,20 @@ class _TimedList(list):  # type: ignore[type-arg]
 _run_batches = sqlite.SQLiteStore._run_batches
 _commit_batch = sqlite.SQLiteStore._commit_batch
 _resolve = sqlite.SQLiteStore._resolve
+_checkpoint_aside = sqlite.SQLiteStore._checkpoint_aside
+_checkpoint = sqlite.SQLiteStore._checkpoint
+
+
+def _tick(loop: asyncio.AbstractEventLoop, due: float) -> None:
+    now = time.perf_counter()
+    _lag.append((now, now - due))
+    loop.call_later(LAG_TICK_S, _tick, loop, time.perf_counter() + LAG_TICK_S)
 
 
 async def _timed_run_batches(self: sqlite.SQLiteStore) -> None:
     self._pending = _TimedList(self._pending)
+    loop = asyncio.get_running_loop()
+    loop.call_soon(_tick, loop, time.perf_counter())
     await _run_batches(self)
 
 
@@ -50,6 +70,7 @@ def _timed_commit_batch(self: sqlite.SQLiteStore, batch: list[Any]) -> None:
     began = time.perf_counter()
     _commit_batch(self, batch)
     done = time.perf_counter()
+    _commits.append((began, done))
     for op in batch:
         _committed[id(op)] = (began, done)
 
@@ -66,13 +87,27 @@ def _timed_resolve(batch: list[Any]) -> None:
     _resolve(batch)
 
 
+def _timed_step(step: int, run: Any) -> Any:
+    def timed(self: sqlite.SQLiteStore) -> None:
+        began = time.perf_counter()
+        run(self)
+        _checkpoints.append((step, began, time.perf_counter() - began))
+
+    return timed
+
+
 def _dump() -> None:
     if _rows:
         with open(f"/tmp/bluewren-stages-{os.getpid()}.json", "w") as f:
-            json.dump(_rows, f)
+            json.dump(
+                {"writes": _rows, "commits": _commits, "checkpoints": _checkpoints, "lag": _lag},
+                f,
+            )
 
 
 sqlite.SQLiteStore._run_batches = _timed_run_batches  # type: ignore[method-assign]
 sqlite.SQLiteStore._commit_batch = _timed_commit_batch  # type: ignore[method-assign]
 sqlite.SQLiteStore._resolve = staticmethod(_timed_resolve)  # type: ignore[method-assign]
+sqlite.SQLiteStore._checkpoint_aside = _timed_step(1, _checkpoint_aside)  # type: ignore[method-assign]
+sqlite.SQLiteStore._checkpoint = _timed_step(2, _checkpoint)  # type: ignore[method-assign]
 atexit.register(_dump)
