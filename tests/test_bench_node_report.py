@@ -41,3 +41,25 @@ def test_the_committed_results_keep_their_history_through_a_run() -> None:
     history = committed.split(bench_node.LATEST_END)[-1]
     assert history.strip()
     assert merged.endswith(history)
+
+
+def test_a_run_at_a_given_rate_is_not_reported_against_the_half_rate_target(
+    tmp_path: Path,
+) -> None:
+    """The p99 target is at half the peak: ``--rate`` runs say "fixed rate" instead."""
+    results = dict.fromkeys(
+        [
+            "peak_acks", "peak_p50", "peak_p99", "peak_gen_cpu", "peak_node_cpu",
+            "half_target", "half_acks", "half_p50", "half_p99", "half_gen_cpu",
+            "fan_deliveries", "fan_messages", "fan_gen_cpu",
+        ],
+        1.0,
+    )  # fmt: skip
+    for rate, phase, target in ((0.0, "half rate", "p99 < 10 ms"), (5e4, "fixed rate", "—")):
+        args = bench_node.argparse.Namespace(senders=2, window=2, members=3, rate=rate)
+        out = tmp_path / f"node-{rate:g}.md"
+        bench_node.write_report(out, args, results, "cmd")
+        lines = out.read_text().splitlines()
+        latency = next(line for line in lines if "ack latency at" in line and "peak" not in line)
+        assert f"ack latency at {phase}," in latency
+        assert latency.endswith(f"| {target} | |")
