@@ -11,6 +11,11 @@ the store then writes the batch in Python, which gives each append its own outco
 A failure of the database raises ``sqlite3.OperationalError`` carrying the
 ``sqlite_errorcode`` and ``sqlite_errorname`` the standard library would give.
 
+``Appender.index`` inserts messages the store's message log has already given their
+seqs (``bluewren.store.msglog``), and raises each conversation's ``last_seq`` to match,
+in one transaction with the GIL released likewise; a clash with a stored row writes
+nothing and returns False, for the store's Python path to sort out.
+
 Two copies of SQLite in one process would not see each other's file locks, so this
 module links the same shared library as the standard library's ``sqlite3``, and
 ``Appender.soft_heap_limit`` lets the store check that they are one copy before it
@@ -18,11 +23,13 @@ writes through both.
 """
 
 import sqlite3 as pysqlite
+import zlib
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 cdef extern from "sqlite3.h" nogil:
     ctypedef struct sqlite3
@@ -67,6 +74,11 @@ _INSERT = (
     b"VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender, conv, cmid) DO NOTHING"
 )
 _RESERVE = b"UPDATE conversations SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq"
+_INDEX = (
+    b"INSERT INTO messages (conv, seq, sender, device, cmid, body, kind, created_at) "
+    b"VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RAISE = b"UPDATE conversations SET last_seq = ?1 WHERE id = ?2 AND last_seq < ?1"
 
 # The names the standard library gives SQLite's primary result codes.
 _NAMES = {
@@ -93,12 +105,111 @@ cdef struct Row:
     Py_ssize_t body_n
     const char *kind
     Py_ssize_t kind_n
+    double stamp
 
 # What a batch came to, inside the GIL-free part.
 cdef enum:
     WRITTEN = 0
     FALLBACK = 1
     FAILED = 2
+
+
+cdef enum:
+    _FRAME_HEADER = 12  # magic, payload length, crc32
+    _RECORD_HEADER = 48  # conv, seq, cmid, created_at, and four lengths
+
+
+cdef inline char *_put_u64(char *at, uint64_t value) noexcept:
+    cdef int k
+    for k in range(8):
+        at[k] = <char>(value >> (8 * k))
+    return at + 8
+
+
+cdef inline char *_put_u32(char *at, uint32_t value) noexcept:
+    cdef int k
+    for k in range(4):
+        at[k] = <char>(value >> (8 * k))
+    return at + 4
+
+
+cdef inline char *_put(char *at, const char *data, Py_ssize_t n) noexcept:
+    memcpy(at, data, n)
+    return at + n
+
+
+def encode_frame(list messages, list seqs, double now):
+    """The message log's frame holding ``messages`` under ``seqs``, stamped ``now``:
+    what ``bluewren.store.msglog.encode_frame`` returns, built without a Python object
+    per field (see that module for the layout)."""
+    cdef Py_ssize_t n = len(messages)
+    if len(seqs) != n:
+        raise ValueError("messages and seqs must have the same length")
+    cdef Row *rows = <Row *>PyMem_Malloc((n if n else 1) * sizeof(Row))
+    cdef Py_ssize_t i
+    cdef Py_ssize_t size = 0
+    cdef Row *row
+    cdef char *at
+    cdef char *start
+    cdef bytes frame
+    cdef double stamp = now
+    cdef uint64_t bits
+    if rows == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            row = &rows[i]
+            m = messages[i]
+            row.conv = m.conv
+            row.seq = seqs[i]
+            _fill(row, m)
+            if (row.sender_n | row.device_n | row.kind_n | row.body_n) >> 32:
+                raise ValueError("a field of a message is 4 GiB or more")
+            size += _RECORD_HEADER + row.sender_n + row.device_n + row.kind_n + row.body_n
+        if size >> 32:
+            raise ValueError("a frame of the message log must stay under 4 GiB")
+        frame = PyBytes_FromStringAndSize(NULL, _FRAME_HEADER + size)
+        start = PyBytes_AS_STRING(frame)
+        at = start + _FRAME_HEADER
+        memcpy(&bits, &stamp, 8)
+        for i in range(n):
+            row = &rows[i]
+            at = _put_u64(at, <uint64_t>row.conv)
+            at = _put_u64(at, <uint64_t>row.seq)
+            at = _put_u64(at, <uint64_t>row.cmid)
+            at = _put_u64(at, bits)
+            at = _put_u32(at, <uint32_t>row.sender_n)
+            at = _put_u32(at, <uint32_t>row.device_n)
+            at = _put_u32(at, <uint32_t>row.kind_n)
+            at = _put_u32(at, <uint32_t>row.body_n)
+            at = _put(at, row.sender, row.sender_n)
+            at = _put(at, row.device, row.device_n)
+            at = _put(at, row.kind, row.kind_n)
+            at = _put(at, row.body, row.body_n)
+    finally:
+        PyMem_Free(rows)
+    # The frame is not shared yet: its header is written last, over the payload's crc.
+    crc = zlib.crc32(memoryview(frame)[_FRAME_HEADER:])
+    at = _put(start, b"BWL1", 4)
+    at = _put_u32(at, <uint32_t>size)
+    _put_u32(at, <uint32_t>crc)
+    return frame
+
+
+cdef int _fill(Row *row, object m) except -1:
+    """Points ``row`` at the fields of the message ``m`` (which must outlive it)."""
+    cdef uint64_t cmid = m.cmid
+    row.has_cmid = cmid != 0
+    row.cmid = <int64_t>cmid  # u64 folded into i64, as the store stores it
+    row.sender = PyUnicode_AsUTF8AndSize(m.sender, &row.sender_n)
+    row.device = PyUnicode_AsUTF8AndSize(m.device, &row.device_n)
+    row.kind = PyUnicode_AsUTF8AndSize(m.kind, &row.kind_n)
+    body = m.body
+    if type(body) is not bytes:
+        raise TypeError(f"a message body must be bytes, got {type(body).__name__}")
+    row.body = PyBytes_AS_STRING(body)
+    row.body_n = PyBytes_GET_SIZE(body)
+    return 0
 
 
 cdef class Appender:
@@ -114,6 +225,8 @@ cdef class Appender:
     cdef sqlite3_stmt *_rollback
     cdef sqlite3_stmt *_reserve
     cdef sqlite3_stmt *_insert
+    cdef sqlite3_stmt *_index
+    cdef sqlite3_stmt *_raise_seq
 
     def __cinit__(self, str path, str synchronous, int busy_timeout_ms):
         if synchronous not in ("NORMAL", "FULL"):
@@ -134,6 +247,8 @@ cdef class Appender:
         self._rollback = self._prepare(b"ROLLBACK")
         self._reserve = self._prepare(_RESERVE)
         self._insert = self._prepare(_INSERT)
+        self._index = self._prepare(_INDEX)
+        self._raise_seq = self._prepare(_RAISE)
 
     def __dealloc__(self):
         self._close()
@@ -158,16 +273,19 @@ cdef class Appender:
         return error
 
     cdef void _close(self) noexcept:
-        cdef sqlite3_stmt *stmts[5]
+        cdef sqlite3_stmt *stmts[7]
         stmts[0] = self._begin
         stmts[1] = self._commit
         stmts[2] = self._rollback
         stmts[3] = self._reserve
         stmts[4] = self._insert
-        for i in range(5):
+        stmts[5] = self._index
+        stmts[6] = self._raise_seq
+        for i in range(7):
             if stmts[i] != NULL:
                 sqlite3_finalize(stmts[i])
         self._begin = self._commit = self._rollback = self._reserve = self._insert = NULL
+        self._index = self._raise_seq = NULL
         if self._db != NULL:
             sqlite3_close_v2(self._db)
             self._db = NULL
@@ -197,7 +315,6 @@ cdef class Appender:
         cdef int64_t *slots = <int64_t *>PyMem_Malloc(2 * n * sizeof(int64_t))
         cdef int64_t *next_seq = slots + n
         cdef Row *row
-        cdef uint64_t cmid
         cdef Py_ssize_t i
         cdef Py_ssize_t j
         cdef int outcome = WRITTEN
@@ -222,17 +339,7 @@ cdef class Appender:
                     j = slot
                 row.slot = j
                 next_seq[j] += 1
-                cmid = m.cmid
-                row.has_cmid = cmid != 0
-                row.cmid = <int64_t>cmid  # u64 folded into i64, as the store stores it
-                row.sender = PyUnicode_AsUTF8AndSize(m.sender, &row.sender_n)
-                row.device = PyUnicode_AsUTF8AndSize(m.device, &row.device_n)
-                row.kind = PyUnicode_AsUTF8AndSize(m.kind, &row.kind_n)
-                body = m.body
-                if type(body) is not bytes:
-                    raise TypeError(f"a message body must be bytes, got {type(body).__name__}")
-                row.body = PyBytes_AS_STRING(body)
-                row.body_n = PyBytes_GET_SIZE(body)
+                _fill(row, m)
             # The messages list holds every object the pointers above point into.
             with nogil:
                 outcome = self._write(rows, n, slots, next_seq, nc, now)
@@ -246,6 +353,107 @@ cdef class Appender:
         finally:
             PyMem_Free(rows)
             PyMem_Free(slots)
+
+    def index(self, list messages, list seqs, list stamps):
+        """Inserts ``messages`` (validated ``NewMessage``s) under the given ``seqs``,
+        each stamped with its ``stamps`` entry, and raises each conversation's last_seq
+        to its largest seq, in one transaction. False if a row clashed with one stored
+        (nothing was written: the store then writes them in Python)."""
+        if self._db == NULL:
+            raise pysqlite.ProgrammingError("the appender is closed")
+        cdef Py_ssize_t n = len(messages)
+        if len(seqs) != n or len(stamps) != n:
+            raise ValueError("messages, seqs and stamps must have the same length")
+        if n == 0:
+            return True
+        cdef Row *rows = <Row *>PyMem_Malloc(n * sizeof(Row))
+        # Per conversation, in order of first appearance: its id and its largest seq.
+        cdef int64_t *slots = <int64_t *>PyMem_Malloc(2 * n * sizeof(int64_t))
+        cdef int64_t *top_seq = slots + n
+        cdef Py_ssize_t nc = 0
+        cdef Py_ssize_t i
+        cdef Py_ssize_t j
+        cdef Row *row
+        cdef int outcome = WRITTEN
+        if rows == NULL or slots == NULL:
+            PyMem_Free(rows)
+            PyMem_Free(slots)
+            raise MemoryError()
+        try:
+            slot_of = {}
+            for i in range(n):
+                m = messages[i]
+                row = &rows[i]
+                conv = m.conv
+                row.conv = conv
+                row.seq = seqs[i]
+                row.stamp = stamps[i]
+                slot = slot_of.get(conv)
+                if slot is None:
+                    j = slot_of[conv] = nc
+                    slots[j] = row.conv
+                    top_seq[j] = row.seq
+                    nc += 1
+                else:
+                    j = slot
+                    if row.seq > top_seq[j]:
+                        top_seq[j] = row.seq
+                _fill(row, m)
+            with nogil:
+                outcome = self._write_indexed(rows, n, slots, top_seq, nc)
+            if outcome == FAILED:
+                error = self._error()
+                self._end()
+                raise error
+            return outcome == WRITTEN
+        finally:
+            PyMem_Free(rows)
+            PyMem_Free(slots)
+
+    cdef int _write_indexed(self, Row *rows, Py_ssize_t n, int64_t *slots,
+                            int64_t *top_seq, Py_ssize_t nc) noexcept nogil:
+        cdef int rc
+        cdef Py_ssize_t i
+        cdef Py_ssize_t j
+        rc = sqlite3_step(self._begin)
+        sqlite3_reset(self._begin)
+        if rc != SQLITE_DONE:
+            return FAILED
+        for i in range(n):
+            rc = self._insert_row(self._index, &rows[i], rows[i].seq, rows[i].stamp)
+            if rc != SQLITE_DONE:
+                return self._abandon(FALLBACK if rc & 0xFF == SQLITE_CONSTRAINT else FAILED)
+        for j in range(nc):
+            sqlite3_bind_int64(self._raise_seq, 1, top_seq[j])
+            sqlite3_bind_int64(self._raise_seq, 2, slots[j])
+            rc = sqlite3_step(self._raise_seq)
+            sqlite3_reset(self._raise_seq)
+            if rc != SQLITE_DONE:
+                return self._abandon(FAILED)
+        rc = sqlite3_step(self._commit)
+        sqlite3_reset(self._commit)
+        if rc != SQLITE_DONE:
+            return self._abandon(FAILED)
+        return WRITTEN
+
+    cdef int _insert_row(self, sqlite3_stmt *stmt, Row *row, int64_t seq,
+                         double stamp) noexcept nogil:
+        """Binds ``row`` under ``seq`` and ``stamp`` to ``stmt`` and runs it."""
+        cdef int rc
+        sqlite3_bind_int64(stmt, 1, row.conv)
+        sqlite3_bind_int64(stmt, 2, seq)
+        sqlite3_bind_text(stmt, 3, row.sender, <int>row.sender_n, BW_SQLITE_STATIC)
+        sqlite3_bind_text(stmt, 4, row.device, <int>row.device_n, BW_SQLITE_STATIC)
+        if row.has_cmid:
+            sqlite3_bind_int64(stmt, 5, row.cmid)
+        else:
+            sqlite3_bind_null(stmt, 5)
+        sqlite3_bind_blob(stmt, 6, row.body, <int>row.body_n, BW_SQLITE_STATIC)
+        sqlite3_bind_text(stmt, 7, row.kind, <int>row.kind_n, BW_SQLITE_STATIC)
+        sqlite3_bind_double(stmt, 8, stamp)
+        rc = sqlite3_step(stmt)
+        sqlite3_reset(stmt)
+        return rc
 
     cdef int _write(self, Row *rows, Py_ssize_t n, int64_t *slots, int64_t *next_seq,
                     Py_ssize_t nc, double now) noexcept nogil:
@@ -273,19 +481,7 @@ cdef class Appender:
             row = &rows[i]
             next_seq[row.slot] += 1
             seq = row.seq = next_seq[row.slot]
-            sqlite3_bind_int64(self._insert, 1, row.conv)
-            sqlite3_bind_int64(self._insert, 2, seq)
-            sqlite3_bind_text(self._insert, 3, row.sender, <int>row.sender_n, BW_SQLITE_STATIC)
-            sqlite3_bind_text(self._insert, 4, row.device, <int>row.device_n, BW_SQLITE_STATIC)
-            if row.has_cmid:
-                sqlite3_bind_int64(self._insert, 5, row.cmid)
-            else:
-                sqlite3_bind_null(self._insert, 5)
-            sqlite3_bind_blob(self._insert, 6, row.body, <int>row.body_n, BW_SQLITE_STATIC)
-            sqlite3_bind_text(self._insert, 7, row.kind, <int>row.kind_n, BW_SQLITE_STATIC)
-            sqlite3_bind_double(self._insert, 8, now)
-            rc = sqlite3_step(self._insert)
-            sqlite3_reset(self._insert)
+            rc = self._insert_row(self._insert, row, seq, now)
             if rc != SQLITE_DONE:
                 return self._abandon(FALLBACK if rc & 0xFF == SQLITE_CONSTRAINT else FAILED)
             if sqlite3_changes(self._db) != 1:  # a retry: it must get the original back

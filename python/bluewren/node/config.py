@@ -101,6 +101,10 @@ class NodeConfig:
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     store_wal_checkpoint_pages: int = 1000
     store_batch_max: int = 1024
+    store_message_log: bool = True
+    store_log_backlog_max: int = 10_000
+    store_log_segment_bytes: int = 64 * 1024 * 1024
+    store_log_cache_entries: int = 100_000
     shutdown_timeout: float = 10.0
     tcp_port: int | None = None
     send_rate: float = 50.0
@@ -308,10 +312,21 @@ class NodeConfig:
             "receipts_max_members",
             "store_wal_checkpoint_pages",
             "store_batch_max",
+            "store_log_backlog_max",
+            "store_log_cache_entries",
         ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise NodeConfigError(name, f"must be an integer >= 1, got {value!r}")
+        if not isinstance(self.store_message_log, bool):
+            raise NodeConfigError(
+                "store_message_log", f"must be true or false, got {self.store_message_log!r}"
+            )
+        if not _is_int(self.store_log_segment_bytes) or self.store_log_segment_bytes < 4096:
+            raise NodeConfigError(
+                "store_log_segment_bytes",
+                f"must be an integer >= 4096, got {self.store_log_segment_bytes!r}",
+            )
         if self.max_group_members < 2:
             raise NodeConfigError(
                 "max_group_members", f"must allow at least 2 members, got {self.max_group_members}"

@@ -224,6 +224,10 @@ class Node:
                 synchronous=self.config.sqlite_synchronous,
                 wal_checkpoint_pages=self.config.store_wal_checkpoint_pages,
                 batch_max=self.config.store_batch_max,
+                message_log=self.config.store_message_log,
+                log_backlog_max=self.config.store_log_backlog_max,
+                log_segment_bytes=self.config.store_log_segment_bytes,
+                log_cache_entries=self.config.store_log_cache_entries,
             )
             await self._store.open()
         if not isinstance(self._store, GuardedStore):

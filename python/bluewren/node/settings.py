@@ -67,6 +67,14 @@ FIELD_HELP: Final[Mapping[str, str]] = {
     "store_wal_checkpoint_pages": "Write-ahead log pages at which the store checkpoints "
     "(between commits, off the commit path).",
     "store_batch_max": "Most messages the store commits in one transaction (group commit).",
+    "store_message_log": "Acknowledge a message once the message log holds it, and index it "
+    "into SQLite after (NORMAL only; false: acknowledge after the SQLite commit).",
+    "store_log_backlog_max": "Messages the message log may hold that SQLite has not indexed "
+    "yet; past it, new ones wait for SQLite.",
+    "store_log_segment_bytes": "Bytes past which the message log starts a new segment file "
+    "(>= 4096).",
+    "store_log_cache_entries": "Conversations, and (sender, conversation) pairs, whose last "
+    "seq and client message id the store keeps in memory for the message log.",
     "shutdown_timeout": "Seconds a graceful stop may take before connections are cut.",
     "tcp_port": "Raw TCP listener port; unset: off, 0 picks a free one.",
     "send_rate": "SEND messages per second per connection (token bucket rate).",
@@ -204,6 +212,13 @@ def _coerce(name: str, raw: str) -> object:
     if type(None) in options and raw.strip().lower() in ("", "none", "null", "off"):
         return None
     for option in options:
+        if option is bool:
+            word = raw.strip().lower()
+            if word in ("true", "1", "yes", "on"):
+                return True
+            if word in ("false", "0", "no", "off"):
+                return False
+            continue
         if option is int:
             try:
                 return int(raw)

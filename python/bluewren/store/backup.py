@@ -4,6 +4,12 @@
 ``.backup`` does), which reads a consistent snapshot, WAL included, while writers go
 on. The copy is written next to the destination, checked with ``PRAGMA quick_check`` and
 renamed into place, so a destination that exists is always a whole, valid database.
+
+A running node acknowledges messages once its message log holds them, and SQLite indexes
+them a moment later (:mod:`bluewren.store.msglog`). So the log is read first, then the
+snapshot is taken, and the log's messages the snapshot lacks are added to the copy: every
+message acknowledged before the backup began is in it (one still in the log when it was
+read, or else already in SQLite when the later snapshot was taken).
 ``bluewren backup DEST`` runs it on the configured node's store (docs/operations.md).
 """
 
@@ -16,6 +22,8 @@ from pathlib import Path
 from typing import Final
 
 from bluewren.errors import StoreError
+from bluewren.store.msglog import LOG_SUFFIX, MessageLog
+from bluewren.store.sqlite import replay_log
 
 __all__ = ["PAGES_PER_STEP", "BackupError", "backup_database"]
 
@@ -40,11 +48,13 @@ def backup_database(source: str | os.PathLike[str], dest: str | os.PathLike[str]
     partial = dest_path.with_name(f".{dest_path.name}.partial")
     partial.unlink(missing_ok=True)
     try:
+        logged = MessageLog(f"{src_path}{LOG_SUFFIX}", 0).read(repair=False)
         src = sqlite3.connect(src_path, timeout=30.0)
         try:
-            out = sqlite3.connect(partial)
+            out = sqlite3.connect(partial, isolation_level=None)
             try:
                 src.backup(out, pages=PAGES_PER_STEP)
+                replay_log(out, logged)
                 (verdict,) = out.execute("PRAGMA quick_check").fetchone()
                 if verdict != "ok":
                     raise BackupError(f"the copy of {src_path} failed its check: {verdict}")
@@ -53,7 +63,7 @@ def backup_database(source: str | os.PathLike[str], dest: str | os.PathLike[str]
         finally:
             src.close()
         partial.replace(dest_path)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise BackupError(f"cannot back up {src_path}: {exc}") from None
     finally:
         with contextlib.suppress(OSError):

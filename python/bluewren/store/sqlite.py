@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -89,6 +90,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, Literal, TypeVar, cast
 
 from bluewren import _native  # noqa: F401  (initialises bluewren._sqlite)
@@ -126,12 +128,15 @@ from bluewren.store.base import (
     new_stored_message,
 )
 from bluewren.store.migrations import MIGRATIONS, apply_migrations
+from bluewren.store.msglog import LOG_SUFFIX, MessageLog, encode_frame
 
 log = logging.getLogger("bluewren.store.sqlite")
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "replay_log"]
 
 _T = TypeVar("_T")
+_AppendsDone = Callable[[list[AppendResult | StoreError] | None, BaseException | None], None]
+"""The callback of :meth:`SQLiteStore.append_each_nowait`."""
 
 EXPORT_FORMAT: Final = "bluewren-user-export/1"
 
@@ -183,6 +188,20 @@ _INSERT_MESSAGE: Final = (
 _ORIGINAL_MESSAGE: Final = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender = ? AND conv = ? AND cmid = ?"
 )
+_LAST_SEQ: Final = "SELECT last_seq FROM conversations WHERE id = ?"
+_INDEX_MESSAGE: Final = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+"""Inserts a message the log has already given its seq (see ``_index``)."""
+_INDEX_MESSAGE_OR_IGNORE: Final = _INDEX_MESSAGE.replace("INSERT", "INSERT OR IGNORE", 1)
+_RAISE_LAST_SEQ: Final = "UPDATE conversations SET last_seq = ? WHERE id = ? AND last_seq < ?"
+_MAX_CMIDS: Final = (
+    "SELECT (SELECT max(cmid) FROM messages WHERE sender = ?1 AND conv = ?2 AND cmid < 0), "
+    "(SELECT max(cmid) FROM messages WHERE sender = ?1 AND conv = ?2 AND cmid >= 0)"
+)
+"""The largest stored client message ids of ``sender`` in ``conv`` among those folded to
+a negative i64 and the rest (see ``_max_cmid``)."""
+_INDEX_RETRY_FIRST: Final = 0.01
+_INDEX_RETRY_MAX: Final = 1.0
+"""Seconds between two tries to index the log's messages after the database failed."""
 _WAL_RESTART_FACTOR: Final = 8
 """A log this many times ``wal_checkpoint_pages`` long gets a RESTART checkpoint."""
 _WAL_MX_FRAME: Final = struct.Struct("=I")
@@ -281,6 +300,46 @@ class _WriteOp:
     their outcomes."""
     answered: bool = False
     """Set once ``_resolve`` has handed the outcome over (it happens once)."""
+    index: _Logged | None = None
+    """Set for messages the message log holds: inserted under the seqs they were given."""
+    hold: dict[int, int] | None = None
+    """Appends that take their seqs in SQLite, per conversation: while they are queued,
+    the conversation's messages do not go through the log (see ``_fast_appends``)."""
+    keys: set[tuple[str, int]] | None = None
+    """The (sender, conversation) pairs of a ``hold`` op's messages."""
+    learned: _Learned | None = None
+    """What a committed ``hold`` op read back for the log's caches (writer thread)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Logged:
+    """Messages written to the message log and acknowledged, for SQLite to index."""
+
+    messages: list[NewMessage]
+    seqs: list[int]
+    now: float
+    segment: int
+
+
+@dataclass(slots=True, eq=False)
+class _Learned:
+    """Each conversation's ``last_seq`` and each (sender, conversation)'s largest client
+    message id, read on the writer thread right after a ``hold`` op committed."""
+
+    seqs: dict[int, int]
+    cmids: dict[tuple[str, int], int]
+
+
+@dataclass(slots=True, eq=False)
+class _Answer:
+    """One ``append_each_nowait`` call's outcomes, answered in call order."""
+
+    callback: _AppendsDone
+    outcomes: list[AppendResult | StoreError | None]
+    waiting: bool
+    """True while part of it is queued for SQLite."""
+    error: BaseException | None = None
+    """Set if the database failed a call none of whose messages went to the log."""
 
 
 @dataclass(slots=True)
@@ -306,6 +365,11 @@ class SQLiteStore(Store):
     checkpoints between two batches (see the module documentation).
     ``native_appends`` lets batches made of appends alone be written by the native
     appender (see the module documentation); False writes every batch in Python.
+    ``message_log`` lets ``append_each_nowait`` acknowledge messages once the message
+    log holds them (with ``synchronous="NORMAL"`` only; see the module documentation):
+    at most ``log_backlog_max`` messages wait there for SQLite at a time, a log segment
+    ends past ``log_segment_bytes``, and the caches that let a message skip SQLite keep
+    at most ``log_cache_entries`` conversations and as many (sender, conversation) pairs.
     """
 
     def __init__(
@@ -318,6 +382,10 @@ class SQLiteStore(Store):
         read_threads: int = 2,
         wal_checkpoint_pages: int = 1000,
         native_appends: bool = True,
+        message_log: bool = True,
+        log_backlog_max: int = 10_000,
+        log_segment_bytes: int = 64 << 20,
+        log_cache_entries: int = 100_000,
     ) -> None:
         path = os.fspath(path)
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
@@ -336,6 +404,9 @@ class SQLiteStore(Store):
             ("batch_max", batch_max, 1),
             ("read_threads", read_threads, 1),
             ("wal_checkpoint_pages", wal_checkpoint_pages, 1),
+            ("log_backlog_max", log_backlog_max, 1),
+            ("log_segment_bytes", log_segment_bytes, 4096),
+            ("log_cache_entries", log_cache_entries, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise StoreArgumentError(name, f"{name} must be an integer >= {low}, got {value!r}")
@@ -346,6 +417,31 @@ class SQLiteStore(Store):
         self.read_threads: Final = read_threads
         self.wal_checkpoint_pages: Final = wal_checkpoint_pages
         self.native_appends: Final = native_appends
+        self.message_log: Final = message_log
+        self.log_backlog_max: Final = log_backlog_max
+        self.log_segment_bytes: Final = log_segment_bytes
+        self.log_cache_entries: Final = log_cache_entries
+        self._log: MessageLog | None = None
+        """The message log, while this store owns it (see ``_open_log``)."""
+        self._seqs: dict[int, int] = {}
+        """Conversation -> its last seq, counting the log's messages (loop thread)."""
+        self._cmids: dict[tuple[str, int], int] = {}
+        """(sender, conversation) -> the largest client message id stored (loop thread)."""
+        self._held: dict[int, int] = {}
+        """Conversation -> appends queued that take their seqs in SQLite."""
+        self._backlog = 0
+        """Messages the log holds that SQLite has not indexed yet."""
+        self._logged_ops = 0
+        self._indexed_ops = 0
+        self._indexed_segment = 0
+        """The log segment of the last messages indexed (writer thread)."""
+        self._index_failed = False
+        self._catch_up: list[tuple[int, asyncio.Future[None]]] = []
+        """Reads waiting for the index to reach a number of logged ops."""
+        self._answers: collections.deque[_Answer] = collections.deque()
+        self._answering = False
+        self._parked: collections.deque[tuple[list[NewMessage], _AppendsDone]] = collections.deque()
+        """``append_each_nowait`` calls waiting for the backlog to fall under its bound."""
         self._appender: Appender | None = None
         self._shm: int | None = None
         """The writer's descriptor of the ``-shm`` file, to read the log's length."""
@@ -404,6 +500,15 @@ class SQLiteStore(Store):
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._pending = []
+        self._seqs = {}
+        self._cmids = {}
+        self._held = {}
+        self._backlog = self._logged_ops = self._indexed_ops = self._indexed_segment = 0
+        self._index_failed = False
+        self._catch_up = []
+        self._answers = collections.deque()
+        self._answering = False
+        self._parked = collections.deque()
         self._wakeup = asyncio.Event()
         self._state = "open"
         self._batcher = loop.create_task(self._run_batches(), name=f"{self!r} group commit")
@@ -432,6 +537,7 @@ class SQLiteStore(Store):
             writer = self._writer
             assert writer is not None
             try:
+                await self._close_log(loop, writer)
                 await loop.run_in_executor(writer, self._close_connections)
             finally:
                 writer.shutdown(wait=False)
@@ -439,6 +545,24 @@ class SQLiteStore(Store):
                 self._reader_pool = None
                 self._state = "closed"
                 self._closed.set()
+
+    async def _close_log(self, loop: asyncio.AbstractEventLoop, writer: ThreadPoolExecutor) -> None:
+        """Closes the message log, removing it once SQLite's database file holds all of
+        it; otherwise the next open replays it."""
+        waiting, self._catch_up = self._catch_up, []
+        for _target, future in waiting:  # only if the batching task died
+            if not future.done():
+                future.set_exception(StoreClosedError())
+        parked, self._parked = self._parked, collections.deque()
+        for _batch, callback in parked:  # likewise
+            callback(None, StoreClosedError())
+        mlog, self._log = self._log, None
+        if mlog is None:
+            return
+        complete = self._backlog == 0 and not self._index_failed
+        if complete:
+            complete = await loop.run_in_executor(writer, self._truncate_wal)
+        mlog.close(remove=complete)
 
     def _open_writer(self) -> None:
         try:
@@ -465,6 +589,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             apply_migrations(conn, MIGRATIONS, path=self.path)
             self._appender = self._open_appender(conn)
+            self._log = self._open_log(conn)
             try:
                 self._shm = os.open(self.path + "-shm", os.O_RDONLY)
             except OSError:
@@ -497,6 +622,44 @@ class SQLiteStore(Store):
             )
             return None
         return Appender(self.path, self.synchronous, self.busy_timeout_ms)
+
+    def _open_log(self, conn: sqlite3.Connection) -> MessageLog | None:
+        """The message log (writer thread, at open), once SQLite holds every message it
+        has; None if it is off, or another process owns it (an operator's command run
+        while the node is up): then this store writes straight to SQLite."""
+        if not self.message_log or self.synchronous != "NORMAL":
+            return None
+        mlog = MessageLog(self.path + LOG_SUFFIX, self.log_segment_bytes)
+        if not mlog.lock():
+            log.info(
+                "the message log of %r belongs to another process: this store writes "
+                "straight to SQLite",
+                self.path,
+            )
+            return None
+        try:
+            replayed = replay_log(conn, mlog.read())
+            mlog.start()
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy == 0 and frames == copied:  # what was replayed is in the database file
+                mlog.release(mlog.current)
+        except OSError as exc:
+            mlog.close(remove=False)
+            raise StoreUnavailableError(
+                f"the message log {mlog.directory!r} cannot be read or written ({exc}): "
+                f"check its permissions and free space"
+            ) from exc
+        except BaseException:
+            mlog.close(remove=False)
+            raise
+        if replayed:
+            log.warning(
+                "%d acknowledged messages were in the message log of %r but not in "
+                "SQLite (the process stopped before indexing them): they are now",
+                replayed,
+                self.path,
+            )
+        return mlog
 
     def _close_connections(self) -> None:
         # Runs on the writer thread, after the last batch: no write can be in flight.
@@ -654,15 +817,20 @@ class SQLiteStore(Store):
                     self._checkpointing = None
                     with contextlib.suppress(Exception):  # best effort; logged there
                         await asyncio.wrap_future(checkpointing)
-                        await loop.run_in_executor(writer, self._checkpoint)
+                        indexed = self._indexed_segment
+                        copied = await loop.run_in_executor(writer, self._checkpoint)
+                        if copied and self._log is not None:
+                            # The segments before it are indexed and in the database file.
+                            self._log.release(indexed)
 
-    @staticmethod
-    def _resolve(batch: list[_WriteOp]) -> None:
+    def _resolve(self, batch: list[_WriteOp]) -> None:
         """Hands each op's outcome to its caller, in commit order (once)."""
         for op in batch:
             if op.answered:
                 continue
             op.answered = True
+            if op.hold is not None:
+                self._release(op)
             callback = op.callback
             if callback is not None:
                 try:
@@ -698,10 +866,21 @@ class SQLiteStore(Store):
         callers of a batch do not wait a loop pass more for the next batch to be sent
         to this thread."""
         self._commit_batch(batch)
+        if self._log is not None:
+            for op in batch:
+                if op.hold is not None:
+                    op.learned = self._learn(op)
         loop.call_soon_threadsafe(self._resolve, batch)
 
     def _commit_batch(self, batch: list[_WriteOp]) -> None:
         """Runs ``batch`` in one transaction on the writer thread; fills each op's outcome."""
+        if self._log is not None and any(op.index is not None for op in batch):
+            # First, in a transaction of their own: whatever is queued behind them (a
+            # receipt up to their seqs, a read of the history) counts on them.
+            self._index([op for op in batch if op.index is not None])
+            batch = [op for op in batch if op.index is None]
+            if not batch:
+                return
         conn = self._wconn
         assert conn is not None
         stats = self.stats
@@ -828,10 +1007,7 @@ class SQLiteStore(Store):
             self._run_op(conn, ops[0])
             return
         messages = _appended(ops)
-        counts: dict[int, int] = {}
-        get = counts.get
-        for m in messages:
-            counts[m.conv] = get(m.conv, 0) + 1
+        counts = _count_by_conv(messages)
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         append = rows.append
@@ -884,19 +1060,21 @@ class SQLiteStore(Store):
             return
         self.stats.checkpoints += 1
 
-    def _checkpoint(self) -> None:
-        """Step 2 of a checkpoint (writer thread, between batches)."""
+    def _checkpoint(self) -> bool:
+        """Step 2 of a checkpoint (writer thread, between batches); True if it copied
+        the whole write-ahead log into the database file."""
         conn = self._wconn
         if conn is None:
-            return
+            return False
         restart = self._wal_frames() >= _WAL_RESTART_FACTOR * self.wal_checkpoint_pages
         mode = "RESTART" if restart else "PASSIVE"
         try:
-            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error:
             log.warning("a %s checkpoint of %r failed", mode, self.path, exc_info=True)
-            return
+            return False
         self.stats.checkpoints += 1
+        return bool(busy == 0 and frames == copied)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -905,10 +1083,297 @@ class SQLiteStore(Store):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
+    # -- the message log --------------------------------------------------------------
+
+    def _log_appends(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[NewMessage],
+        callback: _AppendsDone,
+    ) -> None:
+        """``append_each_nowait`` with the message log (loop thread).
+
+        A message whose conversation's last seq and sender's largest client message id
+        are known here, with a larger id than that (so it cannot be a retry), takes the
+        next seq at once; those of the call are written to the log as one frame and
+        acknowledged when the write returns, and SQLite indexes them later. The others
+        (the first message of a conversation or a sender since open, a possible retry,
+        a conversation with such appends queued) are queued as before:
+        their conversations are held (no log) until SQLite has answered and the caches
+        have learned from it."""
+        mlog = self._log
+        assert mlog is not None
+        seqs = self._seqs
+        cmids = self._cmids
+        held = self._held
+        outcomes: list[AppendResult | StoreError | None] = [None] * len(batch)
+        fast: list[NewMessage] = []
+        fast_seqs: list[int] = []
+        fast_at: list[int] = []
+        slow: list[NewMessage] = []
+        slow_at: list[int] = []
+        for i, m in enumerate(batch):
+            conv = m.conv
+            if conv not in held:
+                last = seqs.get(conv)
+                if last is not None:
+                    cmid = m.cmid
+                    if cmid:
+                        key = (m.sender, conv)
+                        top = cmids.get(key)
+                        if top is None or cmid <= top:
+                            last = None
+                        else:
+                            cmids[key] = cmid
+                    if last is not None:
+                        seqs[conv] = last + 1
+                        fast.append(m)
+                        fast_seqs.append(last + 1)
+                        fast_at.append(i)
+                        continue
+            slow.append(m)
+            slow_at.append(i)
+            held[conv] = held.get(conv, 0) + 1  # its later messages follow it
+        answer = _Answer(callback, outcomes, bool(slow))
+        if fast:
+            now = time.time()
+            try:
+                segment = mlog.append(encode_frame(fast, fast_seqs, now))
+            except OSError as exc:
+                for m in fast:  # nothing of the frame is in the log: forget what it took
+                    seqs.pop(m.conv, None)
+                    cmids.pop((m.sender, m.conv), None)
+                error = StoreUnavailableError(
+                    f"the message log {mlog.directory!r} cannot be written ({exc}): free "
+                    f"space on its volume; nothing was acknowledged, retry"
+                )
+                for i in fast_at:
+                    outcomes[i] = error
+            else:
+                for m, seq, i in zip(fast, fast_seqs, fast_at, strict=True):
+                    outcomes[i] = new_append_result(
+                        new_stored_message(
+                            m.conv, seq, m.sender, m.device, m.cmid, m.body, m.kind, now
+                        ),
+                        False,
+                    )
+                self._backlog += len(fast)
+                self._logged_ops += 1
+                self.stats.appended += len(fast)
+                op = _WriteOp(None, None, len(fast), False, None, None)
+                op.callback = partial(self._indexed, len(fast))
+                op.index = _Logged(fast, fast_seqs, now, segment)
+                self._enqueue(op)
+        if slow:
+            op = _WriteOp(None, None, len(slow), False, None, None, messages=slow)
+            op.callback = partial(self._slow_done, answer, slow_at, bool(fast))
+            op.hold = _count_by_conv(slow)
+            op.keys = {(m.sender, m.conv) for m in slow}
+            self._enqueue(op)
+        self._answers.append(answer)
+        if not slow and not self._answering:
+            self._answering = True
+            loop.call_soon(self._answer_ready)
+
+    def _hold(self, op: _WriteOp, messages: Sequence[NewMessage]) -> _WriteOp:
+        """Marks ``op``, which appends ``messages`` with seqs taken in SQLite, as holding
+        their conversations from the log until it is answered (no-op without a log)."""
+        if self._log is not None:
+            op.hold = _count_by_conv(messages)
+            op.keys = {(m.sender, m.conv) for m in messages}
+            held = self._held
+            for conv, n in op.hold.items():
+                held[conv] = held.get(conv, 0) + n
+        return op
+
+    def _learn(self, op: _WriteOp) -> _Learned | None:
+        """The caches' values for a ``hold`` op's conversations and senders, read after
+        it committed (writer thread: no write can come in between); None if the read
+        failed (the caches then forget them)."""
+        conn = self._wconn
+        assert conn is not None
+        assert op.hold is not None
+        assert op.keys is not None
+        seqs: dict[int, int] = {}
+        try:
+            for conv in op.hold:
+                row = conn.execute(_LAST_SEQ, (conv,)).fetchone()
+                if row is not None:
+                    seqs[conv] = row[0]
+            cmids = {(sender, conv): _max_cmid(conn, sender, conv) for sender, conv in op.keys}
+        except sqlite3.Error:
+            log.warning("reading back the seqs of a write to %r failed", self.path, exc_info=True)
+            return None
+        return _Learned(seqs, cmids)
+
+    def _release(self, op: _WriteOp) -> None:
+        """A ``hold`` op was answered: the conversations it was the last hold of may use
+        the log again, with what it learned (loop thread)."""
+        assert op.hold is not None
+        assert op.keys is not None
+        held = self._held
+        seqs = self._seqs
+        cmids = self._cmids
+        learned = op.learned
+        for conv, n in op.hold.items():
+            left = held[conv] - n
+            if left:
+                held[conv] = left
+                continue
+            del held[conv]
+            if learned is not None and conv in learned.seqs:
+                if len(seqs) >= self.log_cache_entries:
+                    seqs.clear()  # a bound on memory: the next message of each relearns
+                seqs[conv] = learned.seqs[conv]
+            else:
+                seqs.pop(conv, None)
+        for key in op.keys:
+            if key[1] in held:
+                continue  # the last hold of it learns
+            if learned is not None and key in learned.cmids:
+                if len(cmids) >= self.log_cache_entries:
+                    cmids.clear()
+                cmids[key] = learned.cmids[key]
+            else:
+                cmids.pop(key, None)
+
+    def _slow_done(
+        self,
+        answer: _Answer,
+        positions: list[int],
+        mixed: bool,
+        result: list[AppendResult | StoreError] | None,
+        error: BaseException | None,
+    ) -> None:
+        """The queued part of an ``append_each_nowait`` call was answered."""
+        outcomes = answer.outcomes
+        if result is not None:
+            for i, outcome in zip(positions, result, strict=True):
+                outcomes[i] = outcome
+        elif mixed:  # the log's part was stored: fail the rest one by one
+            failed = error if isinstance(error, StoreError) else StoreUnavailableError(str(error))
+            for i in positions:
+                outcomes[i] = failed
+        else:
+            answer.error = error
+        answer.waiting = False
+        self._answer_ready()
+
+    def _answer_ready(self) -> None:
+        """Answers the ``append_each_nowait`` calls that are done, in call order."""
+        self._answering = False
+        answers = self._answers
+        while answers and not answers[0].waiting:
+            answer = answers.popleft()
+            try:
+                if answer.error is not None:
+                    answer.callback(None, answer.error)
+                else:
+                    answer.callback(cast(list[AppendResult | StoreError], answer.outcomes), None)
+            except Exception:
+                log.exception("a write's completion callback failed")
+
+    def _index(self, ops: list[_WriteOp]) -> None:
+        """Inserts the log's messages of ``ops`` into SQLite in one transaction (writer
+        thread). A failure of the database is retried until it passes: the writes
+        queued behind count on these rows. Once the store is closing, it gives up and
+        leaves them in the log, which the next open replays."""
+        conn = self._wconn
+        assert conn is not None
+        messages: list[NewMessage] = []
+        seqs: list[int] = []
+        stamps: list[float] = []
+        for op in ops:
+            logged = op.index
+            assert logged is not None
+            messages += logged.messages
+            seqs += logged.seqs
+            stamps += [logged.now] * len(logged.seqs)
+        appender = self._appender
+        delay = _INDEX_RETRY_FIRST
+        while True:
+            started = time.monotonic()
+            try:
+                if appender is None or not appender.index(messages, seqs, stamps):
+                    self._index_in_python(conn, messages, seqs, stamps)
+                break
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                self.stats.rollbacks += 1
+                if self._state != "open":
+                    log.error(
+                        "indexing %d logged messages into %r failed while closing (%s): "
+                        "they stay in the message log, and the next open stores them",
+                        len(messages),
+                        self.path,
+                        exc,
+                    )
+                    for op in ops:
+                        op.error = self._translate(exc)
+                    return
+                log.warning(
+                    "indexing %d logged messages into %r failed (%s): retrying in %.2f s",
+                    len(messages),
+                    self.path,
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, _INDEX_RETRY_MAX)
+        stats = self.stats
+        stats.last_batch_started = started
+        stats.last_batch_finished = time.monotonic()
+        stats.commits += 1
+        stats.largest_batch = max(stats.largest_batch, len(messages))
+        self._indexed_segment = cast(_Logged, ops[-1].index).segment
+        if self._wal_frames() >= self.wal_checkpoint_pages:
+            self._checkpoint_due = True
+
+    def _index_in_python(
+        self,
+        conn: sqlite3.Connection,
+        messages: list[NewMessage],
+        seqs: list[int],
+        stamps: list[float],
+    ) -> None:
+        rows = [
+            (m.conv, seq, m.sender, m.device, _cmid_to_db(m.cmid), m.body, m.kind, now)
+            for m, seq, now in zip(messages, seqs, stamps, strict=True)
+        ]
+        tops = {m.conv: seq for m, seq in zip(messages, seqs, strict=True)}
+        _insert_indexed(conn, rows, tops, f"indexing the message log of {self.path!r}")
+
+    def _indexed(self, count: int, _result: object, error: BaseException | None) -> None:
+        """A frame's messages are in SQLite (or stay in the log, on ``error``)."""
+        self._backlog -= count
+        self._indexed_ops += 1
+        if error is not None:
+            self._index_failed = True
+        parked = self._parked
+        if parked and self._backlog < self.log_backlog_max:
+            loop = self._loop
+            assert loop is not None
+            while parked and self._backlog < self.log_backlog_max:
+                batch, callback = parked.popleft()
+                self._log_appends(loop, batch, callback)
+        waiting = self._catch_up
+        if waiting:
+            done = self._indexed_ops
+            self._catch_up = [(target, f) for target, f in waiting if target > done]
+            for target, f in waiting:
+                if target <= done and not f.done():
+                    f.set_result(None)
+
     # -- the read path ----------------------------------------------------------------
 
     async def _read(self, run: Callable[[sqlite3.Connection], _T]) -> _T:
         loop = self._loop_or_raise()
+        if self._indexed_ops < self._logged_ops:
+            # Acknowledged messages are visible to every read started after: wait until
+            # SQLite holds those the log took before this read.
+            future: asyncio.Future[None] = loop.create_future()
+            self._catch_up.append((self._logged_ops, future))
+            await future
         pool = self._reader_pool
         assert pool is not None
         return await loop.run_in_executor(pool, self._run_read, run)
@@ -952,12 +1417,16 @@ class SQLiteStore(Store):
         returns after that transaction committed.
         """
         message = NewMessage(conv, sender, device, cmid, body, kind).validated()
-        return await self._submit(None, isolated=False, message=message)
+        loop = self._loop_or_raise()
+        future: asyncio.Future[AppendResult] = loop.create_future()
+        op = _WriteOp(None, future, 1, False, message=message)
+        self._enqueue(self._hold(op, (message,)))
+        return await future
 
     def append_each_nowait(
         self,
         messages: Sequence[NewMessage],
-        callback: Callable[[list[AppendResult | StoreError] | None, BaseException | None], None],
+        callback: _AppendsDone,
     ) -> None:
         """Queues each of ``messages`` as its own append, without a coroutine or a future
         per message: the node's hot path. Once their batch has committed, ``callback`` is
@@ -972,9 +1441,15 @@ class SQLiteStore(Store):
         message, none at all, the wrong loop or a closed store raise here, and nothing
         is queued."""
         batch = [message.validated() for message in messages]
-        self._loop_or_raise()
+        loop = self._loop_or_raise()
         if not batch:
             raise StoreArgumentError("messages", "no messages to append")
+        if self._log is not None:
+            if self._parked or self._backlog >= self.log_backlog_max:
+                self._parked.append((batch, callback))  # until SQLite has caught up
+            else:
+                self._log_appends(loop, batch, callback)
+            return
         self._enqueue(_WriteOp(None, None, len(batch), False, None, None, callback, None, batch))
 
     async def append_many(self, messages: Sequence[NewMessage]) -> list[AppendResult]:
@@ -987,7 +1462,10 @@ class SQLiteStore(Store):
         def run(conn: sqlite3.Connection) -> list[AppendResult]:
             return [self._append_one(conn, message) for message in batch]
 
-        return await self._submit(run, size=len(batch), isolated=True)
+        loop = self._loop_or_raise()
+        future: asyncio.Future[list[AppendResult]] = loop.create_future()
+        self._enqueue(self._hold(_WriteOp(run, future, len(batch), True), batch))
+        return await future
 
     @staticmethod
     def _append_one(conn: sqlite3.Connection, m: NewMessage) -> AppendResult:
@@ -1367,11 +1845,26 @@ class SQLiteStore(Store):
                 conn.execute(f"PRAGMA secure_delete = {previous}")
             return ErasureResult(messages, memberships, cursors, marks)
 
+        mlog = self._log
+        ended = 0
+        if mlog is not None:
+            # The user's messages the log holds are all in segments before ``ended``,
+            # which this erasure is queued behind: once SQLite's copy is erased and the
+            # database file has all of it, those segments go.
+            try:
+                mlog.rotate()
+            except OSError as exc:
+                raise StoreUnavailableError(
+                    f"the message log {mlog.directory!r} cannot be synced ({exc}); retry"
+                ) from exc
+            ended = mlog.current
         result = await self._submit(run)
         writer = self._writer
         loop = self._loop
         if writer is not None and loop is not None and self._state == "open":
-            await loop.run_in_executor(writer, self._truncate_wal)
+            copied = await loop.run_in_executor(writer, self._truncate_wal)
+            if copied and mlog is not None and self._log is mlog:
+                mlog.release(ended)
         return result
 
     async def disabled_users(self) -> dict[str, str]:
@@ -1400,20 +1893,108 @@ class SQLiteStore(Store):
 
         return await self._submit(run)
 
-    def _truncate_wal(self) -> None:
+    def _truncate_wal(self) -> bool:
+        """Checkpoints the whole write-ahead log and empties it (writer thread); True if
+        every frame reached the database file. Best effort: a later checkpoint
+        overwrites the frames anyway."""
         conn = self._wconn
         if conn is None:
-            return
-        # Best effort: a later checkpoint overwrites the frames anyway.
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return False
+        try:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0 and frames == copied)
 
 
 # -- helpers that run on a store thread inside a transaction ---------------------------
 
 
+def replay_log(conn: sqlite3.Connection, messages: list[StoredMessage]) -> int:
+    """Inserts the message log's ``messages`` that the database on ``conn`` lacks, in one
+    transaction; returns how many. The log is indexed in order, so those are the ones
+    past their conversation's ``last_seq``; each must be the next seq of its
+    conversation. One that is not follows a message lost with an unsynced segment (a
+    power loss, which ``synchronous=NORMAL`` does not survive): it and the rest of its
+    conversation are left out, so seqs stay gap-free."""
+    last: dict[int, int | None] = {}
+    rows: list[tuple[Any, ...]] = []
+    tops: dict[int, int] = {}
+    gaps: dict[int, int] = {}
+    for m in messages:
+        conv = m.conv
+        if conv not in last:
+            row = conn.execute(_LAST_SEQ, (conv,)).fetchone()
+            last[conv] = None if row is None else row[0]
+        known = last[conv]
+        if known is None:
+            log.error("the message log holds a message of unknown conversation %d", conv)
+            continue
+        if m.seq <= known:
+            continue  # indexed before the log ended
+        if m.seq != known + 1 or conv in gaps:
+            gaps.setdefault(conv, known)
+            continue
+        rows.append(
+            (conv, m.seq, m.sender, m.device, _cmid_to_db(m.cmid), m.body, m.kind, m.created_at)
+        )
+        last[conv] = tops[conv] = m.seq
+    for conv, known in gaps.items():
+        log.error(
+            "the message log lost messages of conversation %d after seq %d (a power loss "
+            "before its segment reached the disk): the later ones are left out",
+            conv,
+            known,
+        )
+    if rows:
+        _insert_indexed(conn, rows, tops, "replaying the message log")
+    return len(rows)
+
+
+def _insert_indexed(
+    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], tops: dict[int, int], what: str
+) -> None:
+    """Inserts rows whose seqs the message log gave, and raises each conversation's
+    ``last_seq`` to its top seq, in one transaction. Raises sqlite3.Error with the
+    transaction still open if the database failed."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_INDEX_MESSAGE, rows)
+    except sqlite3.IntegrityError:
+        # Only another writer of this file (which the log's lock rules out for stores)
+        # can have taken these seqs or ids; keep what can be kept, loudly.
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        kept = conn.executemany(_INDEX_MESSAGE_OR_IGNORE, rows).rowcount
+        log.error(
+            "%s: %d acknowledged messages clash with rows another writer put in the "
+            "database (same conversation and seq, or same sender and client message id) "
+            "and were not stored",
+            what,
+            len(rows) - kept,
+        )
+    conn.executemany(_RAISE_LAST_SEQ, [(seq, conv, seq) for conv, seq in tops.items()])
+    conn.execute("COMMIT")
+
+
+def _count_by_conv(messages: Iterable[NewMessage]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for m in messages:
+        counts[m.conv] = counts.get(m.conv, 0) + 1
+    return counts
+
+
+def _max_cmid(conn: sqlite3.Connection, sender: str, conv: int) -> int:
+    """The largest (unsigned) client message id ``sender`` has stored in ``conv``; 0 if
+    none."""
+    folded, plain = conn.execute(_MAX_CMIDS, (sender, conv)).fetchone()
+    if folded is not None:
+        return int(folded) + _U64
+    return 0 if plain is None else int(plain)
+
+
 def _last_seq(conn: sqlite3.Connection, conv: int) -> int:
-    row = conn.execute("SELECT last_seq FROM conversations WHERE id = ?", (conv,)).fetchone()
+    row = conn.execute(_LAST_SEQ, (conv,)).fetchone()
     if row is None:
         raise ConversationNotFoundError(conv)
     return int(row[0])
