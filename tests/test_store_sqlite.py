@@ -599,8 +599,14 @@ def test_sequence_uniqueness_is_enforced_by_the_schema(run: Run, db: Path) -> No
 
 
 def test_two_writers_on_one_file_never_share_a_sequence_number(run: Run, db: Path) -> None:
+    """Without the message log (which one process owns: test_store_log), seqs are taken
+    in SQLite, so two stores may append to one file."""
+
     async def scenario() -> None:
-        async with SQLiteStore(db) as first, SQLiteStore(db) as second:
+        async with (
+            SQLiteStore(db, message_log=False) as first,
+            SQLiteStore(db, message_log=False) as second,
+        ):
             conv = (await first.create_group("o", "g", [])).id
             sends = [
                 (first if i % 2 else second).append(conv, f"u{i % 2}", "d", i + 1, b"x")

@@ -8,7 +8,9 @@ and ``enable`` (the node reads the list every ``disabled_refresh_interval``). ``
 ``import`` and the ``groups`` changes are for a stopped node: a running node keeps the
 memberships it has cached and the sequence numbers it has published in memory, and would
 not see them (an imported message past what it published would hold later deliveries
-of that conversation back until a restart).
+of that conversation back until a restart), and the bodies it has acknowledged but not
+yet indexed are in its message log, out of an erasure's reach. So they refuse to run
+while a node owns the store (it holds the store's message log locked).
 
 Exit statuses (also in ``bluewren <command> --help``): :data:`EXIT_OK`,
 :data:`EXIT_ERROR` (I/O, a missing store), :data:`EXIT_USAGE` (bad arguments, config or
@@ -119,10 +121,14 @@ class ProgressBar:
 
 
 def _open_store(
-    database: Path, use: Callable[[SQLiteStore], Awaitable[T]], *, create: bool = False
+    database: Path,
+    use: Callable[[SQLiteStore], Awaitable[T]],
+    *,
+    create: bool = False,
+    stopped: bool = False,
 ) -> T:
     """``use(store)`` on the store file opened (and migrated) by SQLiteStore; ``create``
-    makes the file if there is none."""
+    makes the file if there is none; ``stopped`` refuses a store a running node owns."""
     if not create and not database.is_file():
         raise OpsError(f"no store at {database}: check --data-dir or --config")
 
@@ -130,6 +136,11 @@ def _open_store(
         store = SQLiteStore(database)
         await store.open()
         try:
+            if stopped and store.log_owned_elsewhere:
+                raise OpsError(
+                    f"a running node owns {database} (it holds its message log): stop "
+                    f"the node first"
+                )
             return await use(store)
         finally:
             await store.close()
@@ -235,7 +246,7 @@ def erase(database: Path, user: str) -> dict[str, int]:
             "read_marks": result.read_marks,
         }
 
-    return _open_store(database, run)
+    return _open_store(database, run, stopped=True)
 
 
 def _has_disabled_users(database: Path) -> bool:
@@ -536,7 +547,7 @@ def import_user(database: Path, path: Path, stream: IO[str] | None = None) -> Im
     bar = ProgressBar(f"import {user}", len(messages), stream)
     database.parent.mkdir(parents=True, exist_ok=True)
     try:  # creates (or migrates) the store file
-        _open_store(database, lambda store: asyncio.sleep(0), create=True)
+        _open_store(database, lambda store: asyncio.sleep(0), create=True, stopped=True)
     except (OSError, BlueWrenError) as exc:
         raise OpsError(f"cannot open {database}: {exc}") from None
     try:
@@ -786,7 +797,7 @@ def groups_create(
         group = await store.create_group(owner, title, everyone[1:])
         return _group_description(group, await store.members(group.id), 0)
 
-    return _open_store(database, run)
+    return _open_store(database, run, stopped=True)
 
 
 def _group_description(group: Conversation, members: list[Member], last_seq: int) -> dict[str, Any]:
@@ -817,7 +828,7 @@ def groups_add(
         added = await store.add_members(conv, new, role)  # type: ignore[arg-type]
         return [m.user for m in added], [u for u in wanted if u in current]
 
-    return _open_store(database, run)
+    return _open_store(database, run, stopped=True)
 
 
 def groups_remove(database: Path, conv: int, users: list[str]) -> list[str]:
@@ -850,7 +861,7 @@ def groups_remove(database: Path, conv: int, users: list[str]) -> list[str]:
             await store.remove_member(conv, user)
         return wanted
 
-    return _open_store(database, run)
+    return _open_store(database, run, stopped=True)
 
 
 def groups_rename(database: Path, conv: int, title: str) -> str:
@@ -861,4 +872,4 @@ def groups_rename(database: Path, conv: int, title: str) -> str:
         await store.rename(conv, title)
         return str(found.title)
 
-    return _open_store(database, run)
+    return _open_store(database, run, stopped=True)

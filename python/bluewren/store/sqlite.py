@@ -423,6 +423,7 @@ class SQLiteStore(Store):
         self.log_cache_entries: Final = log_cache_entries
         self._log: MessageLog | None = None
         """The message log, while this store owns it (see ``_open_log``)."""
+        self._log_elsewhere = False
         self._seqs: dict[int, int] = {}
         """Conversation -> its last seq, counting the log's messages (loop thread)."""
         self._cmids: dict[tuple[str, int], int] = {}
@@ -484,6 +485,7 @@ class SQLiteStore(Store):
         self._state = "opening"
         loop = asyncio.get_running_loop()
         writer = ThreadPoolExecutor(1, thread_name_prefix="bluewren-store-writer")
+        self._log_elsewhere = False
         try:
             await loop.run_in_executor(writer, self._open_writer)
         except BaseException:
@@ -632,10 +634,11 @@ class SQLiteStore(Store):
         mlog = MessageLog(self.path + LOG_SUFFIX, self.log_segment_bytes)
         if not mlog.lock():
             log.info(
-                "the message log of %r belongs to another process: this store writes "
-                "straight to SQLite",
+                "the message log of %r belongs to another process (a running node): this "
+                "store does not append messages",
                 self.path,
             )
+            self._log_elsewhere = True
             return None
         try:
             replayed = replay_log(conn, mlog.read())
@@ -660,6 +663,20 @@ class SQLiteStore(Store):
                 self.path,
             )
         return mlog
+
+    @property
+    def log_owned_elsewhere(self) -> bool:
+        """True when another process (a running node) owns the database's message log:
+        then this store refuses appends, whose seqs would clash with the ones that
+        process hands out from memory."""
+        return self._log_elsewhere
+
+    def _check_appends_allowed(self) -> None:
+        if self._log_elsewhere:
+            raise StoreUnavailableError(
+                f"store {self.path!r} belongs to a running node (it owns the message log "
+                f"{self.path + LOG_SUFFIX!r}): append through that node, or stop it first"
+            )
 
     def _close_connections(self) -> None:
         # Runs on the writer thread, after the last batch: no write can be in flight.
@@ -1418,6 +1435,7 @@ class SQLiteStore(Store):
         """
         message = NewMessage(conv, sender, device, cmid, body, kind).validated()
         loop = self._loop_or_raise()
+        self._check_appends_allowed()
         future: asyncio.Future[AppendResult] = loop.create_future()
         op = _WriteOp(None, future, 1, False, message=message)
         self._enqueue(self._hold(op, (message,)))
@@ -1444,6 +1462,7 @@ class SQLiteStore(Store):
         loop = self._loop_or_raise()
         if not batch:
             raise StoreArgumentError("messages", "no messages to append")
+        self._check_appends_allowed()
         if self._log is not None:
             if self._parked or self._backlog >= self.log_backlog_max:
                 self._parked.append((batch, callback))  # until SQLite has caught up
@@ -1463,6 +1482,7 @@ class SQLiteStore(Store):
             return [self._append_one(conn, message) for message in batch]
 
         loop = self._loop_or_raise()
+        self._check_appends_allowed()
         future: asyncio.Future[list[AppendResult]] = loop.create_future()
         self._enqueue(self._hold(_WriteOp(run, future, len(batch), True), batch))
         return await future
