@@ -440,9 +440,11 @@ class SQLiteStore(Store):
         self._catch_up: list[tuple[int, asyncio.Future[None]]] = []
         """Reads waiting for the index to reach a number of logged ops."""
         self._answers: collections.deque[_Answer] = collections.deque()
-        self._answering = False
         self._parked: collections.deque[tuple[list[NewMessage], _AppendsDone]] = collections.deque()
         """``append_each_nowait`` calls waiting for the backlog to fall under its bound."""
+        self._logged: collections.deque[_WriteOp] = collections.deque()
+        """Frames of the log for SQLite to index: the writer thread takes them, before
+        each batch and back to back (a deque: appending and popping are thread-safe)."""
         self._appender: Appender | None = None
         self._shm: int | None = None
         """The writer's descriptor of the ``-shm`` file, to read the log's length."""
@@ -509,8 +511,8 @@ class SQLiteStore(Store):
         self._index_failed = False
         self._catch_up = []
         self._answers = collections.deque()
-        self._answering = False
         self._parked = collections.deque()
+        self._logged = collections.deque()
         self._wakeup = asyncio.Event()
         self._state = "open"
         self._batcher = loop.create_task(self._run_batches(), name=f"{self!r} group commit")
@@ -562,6 +564,10 @@ class SQLiteStore(Store):
         if mlog is None:
             return
         complete = self._backlog == 0 and not self._index_failed
+        checkpointing, self._checkpointing = self._checkpointing, None
+        if checkpointing is not None:  # a step 1 in flight would keep this one from the end
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(checkpointing)
         if complete:
             complete = await loop.run_in_executor(writer, self._truncate_wal)
         mlog.close(remove=complete)
@@ -796,8 +802,9 @@ class SQLiteStore(Store):
         assert wakeup is not None
         assert writer is not None
         pending = self._pending
+        logged = self._logged
         while True:
-            if not pending:
+            if not pending and not logged:
                 if self._state != "open":
                     return
                 wakeup.clear()
@@ -882,22 +889,39 @@ class SQLiteStore(Store):
         batching task's wake-up (which the executor schedules after this returns): the
         callers of a batch do not wait a loop pass more for the next batch to be sent
         to this thread."""
-        self._commit_batch(batch)
-        if self._log is not None:
-            for op in batch:
-                if op.hold is not None:
-                    op.learned = self._learn(op)
-        loop.call_soon_threadsafe(self._resolve, batch)
+        logged = self._logged
+        if logged:  # first: the writes of the batch count on them
+            self._index_logged(loop)
+        if batch:
+            self._commit_batch(batch)
+            if self._log is not None:
+                for op in batch:
+                    if op.hold is not None:
+                        op.learned = self._learn(op)
+            loop.call_soon_threadsafe(self._resolve, batch)
+        # Index what the log took meanwhile at once, as long as nothing else waits:
+        # without a pass of the loop between two rounds.
+        while logged and not self._pending and not self._checkpoint_due:
+            self._index_logged(loop)
+
+    def _index_logged(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Indexes every frame queued by the log so far (writer thread) and has the loop
+        count them done."""
+        ops: list[_WriteOp] = []
+        logged = self._logged
+        while logged:
+            ops.append(logged.popleft())
+        try:
+            self._index(ops)
+        except BaseException as exc:
+            for op in ops:
+                op.error = exc
+            raise
+        finally:
+            loop.call_soon_threadsafe(self._resolve, ops)
 
     def _commit_batch(self, batch: list[_WriteOp]) -> None:
         """Runs ``batch`` in one transaction on the writer thread; fills each op's outcome."""
-        if self._log is not None and any(op.index is not None for op in batch):
-            # First, in a transaction of their own: whatever is queued behind them (a
-            # receipt up to their seqs, a read of the history) counts on them.
-            self._index([op for op in batch if op.index is not None])
-            batch = [op for op in batch if op.index is None]
-            if not batch:
-                return
         conn = self._wconn
         assert conn is not None
         stats = self.stats
@@ -1104,7 +1128,6 @@ class SQLiteStore(Store):
 
     def _log_appends(
         self,
-        loop: asyncio.AbstractEventLoop,
         batch: list[NewMessage],
         callback: _AppendsDone,
     ) -> None:
@@ -1180,7 +1203,10 @@ class SQLiteStore(Store):
                 op = _WriteOp(None, None, len(fast), False, None, None)
                 op.callback = partial(self._indexed, len(fast))
                 op.index = _Logged(fast, fast_seqs, now, segment)
-                self._enqueue(op)
+                self._logged.append(op)  # the writer thread takes it from there
+                wakeup = self._wakeup
+                assert wakeup is not None
+                wakeup.set()
         if slow:
             op = _WriteOp(None, None, len(slow), False, None, None, messages=slow)
             op.callback = partial(self._slow_done, answer, slow_at, bool(fast))
@@ -1188,9 +1214,8 @@ class SQLiteStore(Store):
             op.keys = {(m.sender, m.conv) for m in slow}
             self._enqueue(op)
         self._answers.append(answer)
-        if not slow and not self._answering:
-            self._answering = True
-            loop.call_soon(self._answer_ready)
+        if not slow:
+            self._answer_ready()  # at once: the caller's acknowledgements leave this pass
 
     def _hold(self, op: _WriteOp, messages: Sequence[NewMessage]) -> _WriteOp:
         """Marks ``op``, which appends ``messages`` with seqs taken in SQLite, as holding
@@ -1278,7 +1303,6 @@ class SQLiteStore(Store):
 
     def _answer_ready(self) -> None:
         """Answers the ``append_each_nowait`` calls that are done, in call order."""
-        self._answering = False
         answers = self._answers
         while answers and not answers[0].waiting:
             answer = answers.popleft()
@@ -1367,12 +1391,9 @@ class SQLiteStore(Store):
         if error is not None:
             self._index_failed = True
         parked = self._parked
-        if parked and self._backlog < self.log_backlog_max:
-            loop = self._loop
-            assert loop is not None
-            while parked and self._backlog < self.log_backlog_max:
-                batch, callback = parked.popleft()
-                self._log_appends(loop, batch, callback)
+        while parked and self._backlog < self.log_backlog_max:
+            batch, callback = parked.popleft()
+            self._log_appends(batch, callback)
         waiting = self._catch_up
         if waiting:
             done = self._indexed_ops
@@ -1447,19 +1468,22 @@ class SQLiteStore(Store):
         callback: _AppendsDone,
     ) -> None:
         """Queues each of ``messages`` as its own append, without a coroutine or a future
-        per message: the node's hot path. Once their batch has committed, ``callback`` is
-        called on the loop, once, with ``(outcomes, None)``: per message, in order, its
+        per message: the node's hot path. Once they are durable, ``callback`` is called on
+        the loop, once, with ``(outcomes, None)``: per message, in order, its
         :class:`AppendResult` (a retry is a duplicate carrying the original, as with
         :meth:`append`) or the :class:`StoreError` it alone failed with (an unknown
-        conversation). If the database failed the batch, ``(None, error)``: nothing of it
-        was written. Callbacks run in commit order.
+        conversation, a log that cannot be written). If the database failed a call none
+        of whose messages went to the message log, ``(None, error)``: nothing of it was
+        written. Callbacks run in the order of the calls.
 
-        The messages are committed in one transaction: more than ``batch_max`` of them
-        make a transaction of their own, over the cap, so callers keep to it. An invalid
-        message, none at all, the wrong loop or a closed store raise here, and nothing
-        is queued."""
+        Durable means: in the message log, when the log took them all (see the module
+        documentation), and then the callback runs before this method returns; else
+        committed to SQLite, in one transaction: more than ``batch_max`` of them make a
+        transaction of their own, over the cap, so callers keep to it. An invalid
+        message, none at all, the wrong loop, a closed store or a store whose log another
+        process owns raise here, and nothing is queued."""
         batch = [message.validated() for message in messages]
-        loop = self._loop_or_raise()
+        self._loop_or_raise()
         if not batch:
             raise StoreArgumentError("messages", "no messages to append")
         self._check_appends_allowed()
@@ -1467,7 +1491,7 @@ class SQLiteStore(Store):
             if self._parked or self._backlog >= self.log_backlog_max:
                 self._parked.append((batch, callback))  # until SQLite has caught up
             else:
-                self._log_appends(loop, batch, callback)
+                self._log_appends(batch, callback)
             return
         self._enqueue(_WriteOp(None, None, len(batch), False, None, None, callback, None, batch))
 
