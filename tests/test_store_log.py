@@ -17,6 +17,7 @@ import sys
 import threading
 import zlib
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -120,6 +121,49 @@ def test_a_known_senders_message_is_acknowledged_before_sqlite_and_read_after_it
             assert rows(db, chat) == [1, 2, 3]
             assert await store.last_seq(chat) == 3
         assert segments(db) == []  # closed with everything in SQLite: nothing left
+
+    run(scenario())
+
+
+def test_a_call_the_log_takes_whole_is_answered_before_it_returns(run: Run, db: Path) -> None:
+    """Its acknowledgements can leave in the same loop pass; a call with a message for
+    SQLite is answered later, and a call made after it waits its turn."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            chat = (await store.create_direct("a", "b")).id
+            answered: list[Outcomes | None] = []
+            store.append_each_nowait([msg(chat, 1)], lambda o, e: answered.append(o))
+            assert answered == []  # a new sender: SQLite first
+            await asyncio.sleep(0.05)
+            assert len(answered) == 1
+            store.append_each_nowait([msg(chat, 2), msg(chat, 3)], lambda o, e: answered.append(o))
+            assert len(answered) == 2
+            assert seqs(cast(Outcomes, answered[1])) == [2, 3]
+            store.append_each_nowait([msg(chat, 3)], lambda o, e: answered.append(o))  # a retry
+            store.append_each_nowait([msg(chat, 4)], lambda o, e: answered.append(o))
+            assert len(answered) == 2
+            await asyncio.sleep(0.05)
+            assert [seqs(cast(Outcomes, o)) for o in answered[2:]] == [[3], [4]]
+
+    run(scenario())
+
+
+def test_sqlite_indexes_the_log_in_transactions_of_at_most_batch_max(run: Run, db: Path) -> None:
+    """Frames of 3 with ``batch_max=4``: each is indexed in a transaction of its own, none
+    is split, and all are indexed in order."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db, batch_max=4) as store:
+            chat = (await store.create_direct("a", "b")).id
+            await appends(store, msg(chat, 1))
+            largest = store.stats.largest_batch
+            async with Writer(store):
+                for first in (2, 5, 8):
+                    await appends(store, *(msg(chat, i) for i in range(first, first + 3)))
+            assert await store.last_seq(chat) == 10
+            assert store.stats.largest_batch == max(largest, 3)
+            assert rows(db, chat) == list(range(1, 11))
 
     run(scenario())
 

@@ -883,15 +883,19 @@ class SQLiteStore(Store):
         return batch
 
     def _commit_and_answer(self, batch: list[_WriteOp], loop: asyncio.AbstractEventLoop) -> None:
-        """Commits ``batch`` (writer thread), then has the loop answer it at once.
+        """Indexes the log's frames queued so far, commits ``batch`` (writer thread), then
+        has the loop answer it at once; then goes on indexing the log's new frames as
+        long as no other write waits and no checkpoint is due.
 
         Scheduled from here, the answers run in the loop's next pass, ahead of the
         batching task's wake-up (which the executor schedules after this returns): the
         callers of a batch do not wait a loop pass more for the next batch to be sent
-        to this thread."""
+        to this thread. Likewise, rounds of indexing follow each other without a loop
+        pass between them."""
         logged = self._logged
-        if logged:  # first: the writes of the batch count on them
-            self._index_logged(loop)
+        before = len(logged)  # the writes of the batch count on these
+        while before > 0:
+            before -= self._index_round(loop, before)
         if batch:
             self._commit_batch(batch)
             if self._log is not None:
@@ -899,18 +903,20 @@ class SQLiteStore(Store):
                     if op.hold is not None:
                         op.learned = self._learn(op)
             loop.call_soon_threadsafe(self._resolve, batch)
-        # Index what the log took meanwhile at once, as long as nothing else waits:
-        # without a pass of the loop between two rounds.
         while logged and not self._pending and not self._checkpoint_due:
-            self._index_logged(loop)
+            self._index_round(loop, len(logged))
 
-    def _index_logged(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Indexes every frame queued by the log so far (writer thread) and has the loop
-        count them done."""
+    def _index_round(self, loop: asyncio.AbstractEventLoop, most: int) -> int:
+        """Indexes up to ``most`` of the log's queued frames (writer thread) in one
+        transaction of at most ``batch_max`` messages (but at least one frame), and has
+        the loop count them done; returns how many frames."""
         ops: list[_WriteOp] = []
         logged = self._logged
-        while logged:
-            ops.append(logged.popleft())
+        total = 0
+        while len(ops) < most and logged and (not ops or total + logged[0].size <= self.batch_max):
+            op = logged.popleft()
+            ops.append(op)
+            total += op.size
         try:
             self._index(ops)
         except BaseException as exc:
@@ -919,6 +925,7 @@ class SQLiteStore(Store):
             raise
         finally:
             loop.call_soon_threadsafe(self._resolve, ops)
+        return len(ops)
 
     def _commit_batch(self, batch: list[_WriteOp]) -> None:
         """Runs ``batch`` in one transaction on the writer thread; fills each op's outcome."""
