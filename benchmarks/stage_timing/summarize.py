@@ -1,8 +1,10 @@
 """Percentiles of the store's stage timings, per benchmark phase (see sitecustomize.py).
 
-Per phase: each write's queue wait, commit and hop back, and its batch's size; the
-share of the phase the writer spent committing and the gaps between two commits; the
-checkpoint steps (how many, how long); the event loop's lag."""
+Per phase: each write's queue wait, commit and hop back, and its batch's size, apart for
+the writes acknowledged after their commit and the message log's frames (acknowledged
+before it: their queue and commit are SQLite's lag behind the log); the share of the
+phase the writer spent committing and the gaps between two commits; the checkpoint steps
+(how many, how long); the event loop's lag."""
 
 from __future__ import annotations
 
@@ -42,8 +44,14 @@ def main(paths: list[str]) -> int:
         for k, part in enumerate(p for p in phases if len(p) >= MIN_PHASE_WRITES):
             start, end = part[0][4], part[-1][4]
             print(f"  phase {k}: {len(part):,} writes over {end - start:.1f} s")
-            for i, label in enumerate(("queue ms", "commit ms", "hop ms", "batch")):
-                print(f"    {label:<12} {quantiles([r[i] for r in part], 1e3 if i < 3 else 1)}")
+            for logged, title in ((0, "acknowledged after the commit"), (1, "the log's")):
+                mine = [r for r in part if (r[5] if len(r) > 5 else 0) == logged]
+                if not mine:
+                    continue
+                print(f"    {title}: {len(mine):,}")
+                for i, label in enumerate(("queue ms", "commit ms", "hop ms", "batch")):
+                    values = [r[i] for r in mine]
+                    print(f"      {label:<10} {quantiles(values, 1e3 if i < 3 else 1)}")
             commits = sorted(c for c in data["commits"] if start <= c[1] <= end)
             busy = sum(done - began for began, done in commits) / (end - start)
             gaps = [b[0] - a[1] for a, b in itertools.pairwise(commits)]
