@@ -3,6 +3,29 @@
 :class:`SQLiteStore` implements :class:`~bluewren.store.base.Store` with the standard
 library's ``sqlite3``. Nothing touches the database on the event loop:
 
+* **The message log.** With ``synchronous="NORMAL"`` (the default), the node's appends
+  (:meth:`SQLiteStore.append_each_nowait`) are acknowledged once one ``write`` system
+  call has put them in the message log (:mod:`bluewren.store.msglog`): an append-only
+  file next to the database. The store gives each its seq on the loop, from two caches
+  it keeps exact: each conversation's last seq and each (sender, conversation)'s
+  largest client message id. A message whose cmid is above that largest one cannot be
+  a retry, so nothing needs looking up. SQLite indexes the log's messages afterwards,
+  off the acknowledgement's path: the writer thread takes them before each batch and
+  back to back. Everything else goes through SQLite as below, and holds its
+  conversation off the log until answered, so both ways share one sequence:
+  * the first message of a conversation or a sender since open;
+  * a cmid not above the largest (a retry, or a second device's older counter);
+  * :meth:`~SQLiteStore.append` and :meth:`~SQLiteStore.append_many`.
+
+  Reads wait until SQLite holds every message acknowledged before they began, and so do
+  writes queued after them. At most ``log_backlog_max`` messages wait for SQLite; past
+  that, calls wait their turn. A segment of the log is removed once SQLite holds its
+  messages and a checkpoint has copied them into the database file. At open, the store
+  replays the log's messages that SQLite lacks, such as those acknowledged just before
+  a crash. One process owns the log (a lock). A second store on the same file, such as
+  an operator's command while the node runs, refuses appends and writes nothing else
+  that takes a seq.
+
 * **One writer thread.** Every write runs on a single dedicated thread that owns the
   write connection, so writes never contend with each other inside the process.
 * **Group commit.** Writes are queued on the event loop. A batching task takes everything
@@ -19,8 +42,9 @@ library's ``sqlite3``. Nothing touches the database on the event loop:
 * **The native appender.** A batch made of appends alone is written by
   ``bluewren._sqlite.Appender`` (Cython on SQLite's C API), on a second connection the
   writer thread owns: the same statements in one transaction, every row bound and
-  inserted with the GIL released once. Anything but the plain case (a retry, an unknown
-  conversation, a batch holding other writes) is written through ``sqlite3`` instead,
+  inserted with the GIL released once; it indexes the log's messages the same way.
+  Anything but the plain case (a retry, an unknown conversation, a batch holding other
+  writes) is written through ``sqlite3`` instead,
   with the same outcomes. Two copies of SQLite in one process would not see each other's
   file locks, so the store uses the appender only after checking that it shares the
   ``sqlite3`` module's library (``_open_appender``), and ``native_appends=False``
@@ -34,10 +58,11 @@ library's ``sqlite3``. Nothing touches the database on the event loop:
   batch with :class:`~bluewren.errors.StoreUnavailableError` and writes nothing; callers
   may retry, and a retried append is deduplicated by its client message id.
 
-Sequence numbers are assigned inside the writing transaction (``last_seq + 1`` of the
-conversation's row), and the schema holds ``UNIQUE (conv, seq)`` and the uniqueness of
-``(conv, sender, cmid)``: the first is the fence against a second writer (another process
-on the same file, or a stale owner in a cluster), the second makes retries idempotent.
+Without the log, sequence numbers are assigned inside the writing transaction
+(``last_seq + 1`` of the conversation's row). The schema holds ``UNIQUE (conv, seq)`` and
+the uniqueness of ``(conv, sender, cmid)``. The first is the fence against a second
+writer: another process on the same file (without the log), or a stale owner in a
+cluster. The second makes retries idempotent.
 
 Durability: ``synchronous``
 ---------------------------
@@ -45,9 +70,16 @@ Durability: ``synchronous``
 at every commit. A committed transaction survives a crash of the process (the data is in
 the operating system's page cache and the WAL file), but the last transactions before a
 power loss or an operating-system crash may be lost; the database stays consistent
-either way. ``synchronous="FULL"`` syncs the WAL on every commit, so a committed
+either way. The message log promises the same: a message it holds survives a crash of
+the process (the next open replays it), and the last ones before a power loss may be
+lost. Its segments are not synced. A segment is removed only after a checkpoint (which
+syncs the database file) has copied its messages. After a power loss, a conversation
+whose message is missing from the log replays up to it only, so seqs stay gap-free.
+``synchronous="FULL"`` syncs the WAL on every commit, so a committed
 transaction also survives power loss, at the price of one ``fsync`` per commit. Group
-commit is what makes FULL affordable: one sync covers every message of the batch.
+commit is what makes FULL affordable: one sync covers every message of the batch. FULL
+acknowledges after the commit: it uses no message log, and neither does
+``message_log=False``.
 
 Checkpoints: ``wal_checkpoint_pages``
 -------------------------------------
