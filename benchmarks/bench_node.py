@@ -5,7 +5,8 @@
                                     [--out benchmarks/results/node.md]
 
 The node runs as a subprocess, ``taskset -c 0 python -m bluewren serve`` (uvloop, the
-default SQLite store with ``synchronous=NORMAL``, group commit) on a fresh data directory.
+default SQLite store with ``synchronous=NORMAL``, the message log, group commit) on a
+fresh data directory.
 This process is the load generator, pinned to CPU 1, on uvloop, speaking WebSocket
 ``bluewren.v1`` from raw sockets with pre-encoded masked frames: per message it only
 writes prepared bytes and parses the 32-byte header of what comes back.
@@ -413,8 +414,8 @@ def write_report(path: Path, args: argparse.Namespace, r: dict[str, float], cmd:
         "",
         f"Host: {platform.platform()}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs. Node pinned to CPU 0 (uvloop, SQLite synchronous=NORMAL, "
-        "group commit), generator pinned to CPU 1 (uvloop, raw sockets, pre-encoded "
-        "masked frames).",
+        "the message log, group commit), generator pinned to CPU 1 (uvloop, raw sockets, "
+        "pre-encoded masked frames).",
         "",
         "| measurement | result | target | generator CPU |",
         "|---|---:|---:|---:|",
