@@ -77,22 +77,18 @@ async def _timed_run_batches(self: sqlite.SQLiteStore) -> None:
     await _run_batches(self)
 
 
-def _timed_commit_batch(self: sqlite.SQLiteStore, batch: list[Any]) -> None:
-    began = time.perf_counter()
-    _commit_batch(self, batch)
-    done = time.perf_counter()
-    _commits.append((began, done))
-    for op in batch:
-        _committed[id(op)] = (began, done)
+def _timed_commit(run: Any) -> Any:
+    """``run`` (a commit of a list of ops on the writer thread), timed per op."""
 
+    def timed(self: sqlite.SQLiteStore, ops: list[Any]) -> None:
+        began = time.perf_counter()
+        run(self, ops)
+        done = time.perf_counter()
+        _commits.append((began, done))
+        for op in ops:
+            _committed[id(op)] = (began, done)
 
-def _timed_index(self: sqlite.SQLiteStore, ops: list[Any]) -> None:
-    began = time.perf_counter()
-    _index(self, ops)
-    done = time.perf_counter()
-    _commits.append((began, done))
-    for op in ops:
-        _committed[id(op)] = (began, done)
+    return timed
 
 
 def _timed_resolve(self: sqlite.SQLiteStore, batch: list[Any]) -> None:
@@ -128,9 +124,9 @@ def _dump() -> None:
 
 
 sqlite.SQLiteStore._run_batches = _timed_run_batches  # type: ignore[method-assign]
-sqlite.SQLiteStore._commit_batch = _timed_commit_batch  # type: ignore[method-assign]
+sqlite.SQLiteStore._commit_batch = _timed_commit(_commit_batch)  # type: ignore[method-assign]
 sqlite.SQLiteStore._resolve = _timed_resolve  # type: ignore[method-assign]
-sqlite.SQLiteStore._index = _timed_index  # type: ignore[method-assign]
+sqlite.SQLiteStore._index = _timed_commit(_index)  # type: ignore[method-assign]
 sqlite.SQLiteStore._checkpoint_aside = _timed_step(1, _checkpoint_aside)  # type: ignore[method-assign]
 sqlite.SQLiteStore._checkpoint = _timed_step(2, _checkpoint)  # type: ignore[method-assign]
 atexit.register(_dump)

@@ -212,6 +212,54 @@ cdef int _fill(Row *row, object m) except -1:
     return 0
 
 
+cdef int _allocate(Py_ssize_t n, Row **rows, int64_t **slots) except -1:
+    """``n`` rows, and two arrays of ``n`` per-conversation values (see ``_gather``)."""
+    rows[0] = <Row *>PyMem_Malloc(n * sizeof(Row))
+    slots[0] = <int64_t *>PyMem_Malloc(2 * n * sizeof(int64_t))
+    if rows[0] == NULL or slots[0] == NULL:
+        PyMem_Free(rows[0])
+        PyMem_Free(slots[0])
+        rows[0] = NULL
+        slots[0] = NULL
+        raise MemoryError()
+    return 0
+
+
+cdef Py_ssize_t _gather(list messages, list seqs, Row *rows, int64_t *slots,
+                        int64_t *per_slot) except -1:
+    """Points ``rows`` at ``messages`` and gives each conversation a slot, in order of
+    first appearance: ``slots[j]`` is its id, ``per_slot[j]`` how many of the messages
+    it has or, with ``seqs`` (each message's seq, set on its row), the largest of its
+    seqs. Returns the number of slots."""
+    cdef Py_ssize_t nc = 0
+    cdef Py_ssize_t i
+    cdef Py_ssize_t j
+    cdef Row *row
+    slot_of = {}
+    for i in range(len(messages)):
+        m = messages[i]
+        row = &rows[i]
+        conv = m.conv
+        row.conv = conv
+        if seqs is not None:
+            row.seq = seqs[i]
+        slot = slot_of.get(conv)
+        if slot is None:
+            j = slot_of[conv] = nc
+            slots[j] = row.conv
+            per_slot[j] = 0
+            nc += 1
+        else:
+            j = slot
+        row.slot = j
+        if seqs is None:
+            per_slot[j] += 1
+        elif row.seq > per_slot[j]:
+            per_slot[j] = row.seq
+        _fill(row, m)
+    return nc
+
+
 cdef class Appender:
     """Appends batches to the store's database at ``path`` (see the module docstring).
 
@@ -308,41 +356,17 @@ cdef class Appender:
         if not messages:
             return []
         cdef Py_ssize_t n = len(messages)
-        cdef Py_ssize_t nc = 0
-        cdef Row *rows = <Row *>PyMem_Malloc(n * sizeof(Row))
-        # Per conversation, in order of first appearance: its id (``slots``), and how
-        # many of the messages it has (``next_seq``, until the seqs are reserved).
-        cdef int64_t *slots = <int64_t *>PyMem_Malloc(2 * n * sizeof(int64_t))
-        cdef int64_t *next_seq = slots + n
-        cdef Row *row
-        cdef Py_ssize_t i
-        cdef Py_ssize_t j
+        cdef Row *rows = NULL
+        cdef int64_t *slots = NULL
+        cdef Py_ssize_t nc
         cdef int outcome = WRITTEN
-        if rows == NULL or slots == NULL:
-            PyMem_Free(rows)
-            PyMem_Free(slots)
-            raise MemoryError()
+        _allocate(n, &rows, &slots)
         try:
-            slot_of = {}
-            for i in range(n):
-                m = messages[i]
-                row = &rows[i]
-                conv = m.conv
-                row.conv = conv
-                slot = slot_of.get(conv)
-                if slot is None:
-                    j = slot_of[conv] = nc
-                    slots[j] = row.conv
-                    next_seq[j] = 0
-                    nc += 1
-                else:
-                    j = slot
-                row.slot = j
-                next_seq[j] += 1
-                _fill(row, m)
+            # ``next_seq`` holds each conversation's count until the seqs are reserved.
+            nc = _gather(messages, None, rows, slots, slots + n)
             # The messages list holds every object the pointers above point into.
             with nogil:
-                outcome = self._write(rows, n, slots, next_seq, nc, now)
+                outcome = self._write(rows, n, slots, slots + n, nc, now)
             if outcome == FAILED:
                 error = self._error()
                 self._end()
@@ -366,41 +390,18 @@ cdef class Appender:
             raise ValueError("messages, seqs and stamps must have the same length")
         if n == 0:
             return True
-        cdef Row *rows = <Row *>PyMem_Malloc(n * sizeof(Row))
-        # Per conversation, in order of first appearance: its id and its largest seq.
-        cdef int64_t *slots = <int64_t *>PyMem_Malloc(2 * n * sizeof(int64_t))
-        cdef int64_t *top_seq = slots + n
-        cdef Py_ssize_t nc = 0
+        cdef Row *rows = NULL
+        cdef int64_t *slots = NULL
+        cdef Py_ssize_t nc
         cdef Py_ssize_t i
-        cdef Py_ssize_t j
-        cdef Row *row
         cdef int outcome = WRITTEN
-        if rows == NULL or slots == NULL:
-            PyMem_Free(rows)
-            PyMem_Free(slots)
-            raise MemoryError()
+        _allocate(n, &rows, &slots)
         try:
-            slot_of = {}
+            nc = _gather(messages, seqs, rows, slots, slots + n)
             for i in range(n):
-                m = messages[i]
-                row = &rows[i]
-                conv = m.conv
-                row.conv = conv
-                row.seq = seqs[i]
-                row.stamp = stamps[i]
-                slot = slot_of.get(conv)
-                if slot is None:
-                    j = slot_of[conv] = nc
-                    slots[j] = row.conv
-                    top_seq[j] = row.seq
-                    nc += 1
-                else:
-                    j = slot
-                    if row.seq > top_seq[j]:
-                        top_seq[j] = row.seq
-                _fill(row, m)
+                rows[i].stamp = stamps[i]
             with nogil:
-                outcome = self._write_indexed(rows, n, slots, top_seq, nc)
+                outcome = self._write_indexed(rows, n, slots, slots + n, nc)
             if outcome == FAILED:
                 error = self._error()
                 self._end()
