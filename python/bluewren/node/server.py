@@ -4,12 +4,13 @@
 a membership cache per conversation and the native ``FanOut`` with one outbox per
 connection. The path of a SEND::
 
-    decode -> auth and membership check -> store.append (group commit)
-           -> ACK to the sender (the message is committed)
+    decode -> auth and membership check -> store.append_each_nowait, once per loop pass
+           -> ACK to the sender (the message is durable: in the store's message log,
+              or committed by its group commit)
            -> DELIVER encoded once per subprotocol -> FanOut.publish to every live
               session of every member -> one flush per loop pass -> one write per socket
 
-Ordering: the store assigns sequence numbers and resolves appends in commit order, and
+Ordering: the store assigns sequence numbers and answers appends in that order, and
 the node publishes right after an append resolves, without awaiting anything in between,
 so deliveries leave in sequence order; ``_publish`` also holds back an out-of-order
 sequence number until the gap is filled. Sends of one session reach the store in the

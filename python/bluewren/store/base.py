@@ -17,7 +17,10 @@ cluster. The contract every implementation keeps:
   message with ``duplicate=True``.
 * **Durable acknowledgement.** The awaitable of a write completes only after the
   transaction holding it has committed, so a node that acks a send after ``append``
-  returns acks only stored messages.
+  returns acks only stored messages. (:meth:`SQLiteStore.append_each_nowait
+  <bluewren.store.sqlite.SQLiteStore.append_each_nowait>` may answer once its message
+  log holds a message, which the store replays into the database if it stops before
+  indexing it; every read started after the answer sees the message.)
 * **Monotonic marks.** Device cursors and read marks never move backwards; an older
   value is ignored.
 * **Erasure keeps sequences.** ``erase_user`` empties the bodies of the user's messages
