@@ -393,6 +393,50 @@ def test_a_second_store_on_the_same_file_reads_but_does_not_append(
     run(scenario())
 
 
+def test_a_log_that_cannot_be_opened_fails_the_open_with_a_clear_error(run: Run, db: Path) -> None:
+    """The log's directory is taken by a file: opening fails, names the log, and leaves
+    nothing open; once the path is free, the store opens."""
+    blocker = db.parent / (db.name + LOG_SUFFIX)
+    blocker.write_bytes(b"not a directory")
+
+    async def scenario() -> None:
+        store = SQLiteStore(db)
+        with pytest.raises(StoreUnavailableError, match="message log"):
+            await store.open()
+        blocker.unlink()
+        async with store:
+            chat = (await store.create_direct("a", "b")).id
+            assert seqs(await appends(store, msg(chat, 1), msg(chat, 2))) == [1, 2]
+
+    run(scenario())
+
+
+def test_operators_changes_refuse_a_store_a_running_node_owns(
+    run: Run, db: Path, tmp_path: Path
+) -> None:
+    """``erase``, ``import`` and the ``groups`` changes need a stopped node; reading and
+    ``users disable`` work while it runs; once it has stopped, ``erase`` runs."""
+    from bluewren import ops
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as node_store:
+            chat = (await node_store.create_group("ann", "team", ["ben"])).id
+            await appends(node_store, msg(chat, 1, sender="ann", body=b"hello"))
+            assert await asyncio.to_thread(ops.export, db, "ann", tmp_path / "ann.json") == 1
+            assert await asyncio.to_thread(ops.users_set_disabled, db, "ben", True)
+            for change in (
+                lambda: ops.erase(db, "ann"),
+                lambda: ops.groups_rename(db, chat, "renamed"),
+                lambda: ops.import_user(db, tmp_path / "ann.json"),
+            ):
+                with pytest.raises(ops.OpsError, match="running node"):
+                    await asyncio.to_thread(change)
+        await asyncio.to_thread(ops.import_user, db, tmp_path / "ann.json")
+        assert (await asyncio.to_thread(ops.erase, db, "ann"))["messages"] == 1
+
+    run(scenario())
+
+
 def test_synchronous_full_has_no_log(run: Run, db: Path) -> None:
     """FULL syncs every commit; the log is not synced, so FULL acknowledges after the
     SQLite commit, as ``message_log=False`` does."""

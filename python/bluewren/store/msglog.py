@@ -25,7 +25,10 @@ in (never acknowledged), and it is cut off at open.
 
 One process at a time owns a log: :meth:`MessageLog.lock` takes an exclusive ``flock``
 on ``lock``. A second store opened on the same database (an operator's command while
-the node runs) finds the lock taken and writes straight to SQLite instead.
+the node runs) finds the lock taken: it reads, and refuses appends.
+
+Not thread-safe: the store appends on its event loop, and the writer thread only reports
+what it has indexed.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ class _WriteOp:
     """Set for messages the message log holds: inserted under the seqs they were given."""
     hold: dict[int, int] | None = None
     """Appends that take their seqs in SQLite, per conversation: while they are queued,
-    the conversation's messages do not go through the log (see ``_fast_appends``)."""
+    the conversation's messages do not go through the log (see ``_log_appends``)."""
     keys: set[tuple[str, int]] | None = None
     """The (sender, conversation) pairs of a ``hold`` op's messages."""
     learned: _Learned | None = None
@@ -634,11 +634,13 @@ class SQLiteStore(Store):
                 self._shm = os.open(self.path + "-shm", os.O_RDONLY)
             except OSError:
                 self._shm = None  # then the log length is read by a checkpoint itself
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            if self._appender is not None:
+                self._appender.close()
+                self._appender = None
             conn.close()
-            raise self._translate(exc) from exc
-        except BaseException:
-            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._translate(exc) from exc
             raise
         self._wconn = conn
 
@@ -665,8 +667,9 @@ class SQLiteStore(Store):
 
     def _open_log(self, conn: sqlite3.Connection) -> MessageLog | None:
         """The message log (writer thread, at open), once SQLite holds every message it
-        has; None if it is off, or another process owns it (an operator's command run
-        while the node is up): then this store writes straight to SQLite."""
+        has. None if it is off (appends then go straight to SQLite), or if another
+        process owns it (a node, while an operator's command runs): then this store
+        refuses appends."""
         if not self.message_log or self.synchronous != "NORMAL":
             return None
         mlog = MessageLog(self.path + LOG_SUFFIX, self.log_segment_bytes)
