@@ -48,7 +48,7 @@ def backup_database(source: str | os.PathLike[str], dest: str | os.PathLike[str]
     partial = dest_path.with_name(f".{dest_path.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        logged = MessageLog(f"{src_path}{LOG_SUFFIX}", 0).read(repair=False)
+        logged = list(MessageLog(f"{src_path}{LOG_SUFFIX}", 0).read(repair=False))
         src = sqlite3.connect(src_path, timeout=30.0)
         try:
             out = sqlite3.connect(partial, isolation_level=None)

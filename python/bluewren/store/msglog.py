@@ -38,6 +38,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Final
 
 from bluewren import _native  # noqa: F401  (initialises bluewren._sqlite)
@@ -132,17 +133,17 @@ class MessageLog:
         self._lock_fd = fd
         return True
 
-    def read(self, *, repair: bool = True) -> list[StoredMessage]:
-        """Every message in the log, in the order written. A damaged frame ends its
+    def read(self, *, repair: bool = True) -> Iterator[StoredMessage]:
+        """Every message in the log, in the order written, one segment in memory at a
+        time. A damaged frame ends its
         segment: the process died in the middle of that write (at the end of the last
         segment: the frame was never acknowledged), or the machine lost power before
         the segment reached the disk (anywhere). ``repair`` (only the log's owner may)
         cuts the last segment there; a damage elsewhere is logged. Without the lock (a
         backup reading a running node's log), a segment removed meanwhile is skipped:
         its messages were in SQLite by then."""
-        messages: list[StoredMessage] = []
         if not os.path.isdir(self.directory):
-            return messages
+            return
         numbers = self.segments()
         for number in numbers:
             path = self._path(number)
@@ -163,9 +164,11 @@ class MessageLog:
                     good = magic == _MAGIC and len(payload) == length and zlib.crc32(payload) == crc
                 if good:
                     try:
-                        messages += _decode_payload(payload)
+                        messages = _decode_payload(payload)
                     except (ValueError, struct.error, UnicodeDecodeError):
                         good = False
+                    else:
+                        yield from messages
                 if not good:
                     if number != numbers[-1]:
                         log.error(
@@ -179,7 +182,6 @@ class MessageLog:
                         os.truncate(path, at)  # a torn write: never acknowledged
                     break
                 at = start + length
-        return messages
 
     def start(self) -> None:
         """Removes every segment (their messages are in SQLite) and opens a new one."""

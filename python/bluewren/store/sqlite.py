@@ -1907,6 +1907,8 @@ class SQLiteStore(Store):
         Erased bodies are overwritten with zeros in the database file (``secure_delete``
         for this transaction), and the WAL is then checkpointed and truncated when no
         reader holds it, so the old bodies do not linger in it either (best effort).
+        The message log's segments written before the erasure are removed then too
+        (same condition; otherwise at a later checkpoint).
         """
         check_user("user", user)
 
@@ -1996,7 +1998,7 @@ class SQLiteStore(Store):
 # -- helpers that run on a store thread inside a transaction ---------------------------
 
 
-def replay_log(conn: sqlite3.Connection, messages: list[StoredMessage]) -> int:
+def replay_log(conn: sqlite3.Connection, messages: Iterable[StoredMessage]) -> int:
     """Inserts the message log's ``messages`` that the database on ``conn`` lacks, in one
     transaction; returns how many. The log is indexed in order, so those are the ones
     past their conversation's ``last_seq``; each must be the next seq of its
