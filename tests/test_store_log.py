@@ -17,7 +17,7 @@ import sys
 import threading
 import zlib
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +27,7 @@ from bluewren.errors import StoreError, StoreUnavailableError
 from bluewren.store import AppendResult, NewMessage, SQLiteStore, StoredMessage
 from bluewren.store.backup import backup_database
 from bluewren.store.msglog import LOG_SUFFIX, MessageLog, _decode_payload, encode_frame
+from bluewren.store.sqlite import replay_log
 from conftest import Run
 
 Outcomes = list[AppendResult | StoreError]
@@ -650,6 +651,61 @@ def test_frames_decode_to_what_was_encoded(
         StoredMessage(m.conv, seq, m.sender, m.device, m.cmid, m.body, m.kind, now)
         for m, seq in zip(batch, given_seqs, strict=True)
     ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 12), min_size=3, max_size=3),
+    indexed=st.lists(st.integers(0, 12), min_size=3, max_size=3),
+    order=st.randoms(use_true_random=False),
+)
+def test_replay_inserts_exactly_what_sqlite_lacks_and_again_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+    counts: list[int],
+    indexed: list[int],
+    order: Any,
+) -> None:
+    """Property: a log holding seqs 1..n of three conversations, interleaved in any order
+    that keeps each conversation's own order, over a database already holding a prefix
+    1..k of each: replay inserts exactly k+1..n, in order, and replaying again inserts
+    nothing."""
+    path = tmp_path_factory.mktemp("replay") / "r.db"
+
+    async def setup() -> None:
+        async with SQLiteStore(path, message_log=False) as store:
+            for peer, k in zip("bcd", indexed, strict=True):
+                chat = (await store.create_direct("a", peer)).id
+                for i in range(1, k + 1):
+                    await store.append(chat, "a", "d", i, b"sql")
+
+    asyncio.run(setup())
+    queues = [
+        [(conv, seq) for seq in range(1, n + 1)] for conv, n in zip((1, 2, 3), counts, strict=True)
+    ]
+    logged: list[StoredMessage] = []
+    while any(queues):
+        queue = order.choice([q for q in queues if q])
+        conv, seq = queue.pop(0)
+        logged.append(StoredMessage(conv, seq, "a", "d", seq, b"log", "text", 1.0))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert replay_log(conn, logged) == sum(
+            max(0, n - k) for n, k in zip(counts, indexed, strict=True)
+        )
+        assert replay_log(conn, logged) == 0
+        for conv, n, k in zip((1, 2, 3), counts, indexed, strict=True):
+            got = conn.execute(
+                "SELECT seq, body FROM messages WHERE conv = ? ORDER BY seq", (conv,)
+            ).fetchall()
+            assert got == [(i, b"sql") for i in range(1, k + 1)] + [
+                (i, b"log") for i in range(k + 1, n + 1)
+            ]
+            (last,) = conn.execute(
+                "SELECT last_seq FROM conversations WHERE id = ?", (conv,)
+            ).fetchone()
+            assert last == max(n, k)
+    finally:
+        conn.close()
 
 
 def test_the_encoder_refuses_what_it_cannot_frame() -> None:
