@@ -362,6 +362,73 @@ def test_a_failed_log_write_acknowledges_nothing_and_the_next_append_relearns(
     run(scenario())
 
 
+class FailingIndex:
+    """The store's native appender, whose ``index`` fails while ``failures`` last."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def append(self, *args: Any) -> Any:
+        return self.inner.append(*args)
+
+    def index(self, *args: Any) -> bool:
+        if self.failures:
+            self.failures -= 1
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode = 10  # type: ignore[attr-defined]
+            error.sqlite_errorname = "SQLITE_IOERR"  # type: ignore[attr-defined]
+            raise error
+        return bool(self.inner.index(*args))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_indexing_that_fails_is_retried_and_reads_wait_for_it(
+    run: Run, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite fails twice to index what the log acknowledged: the writer tries again
+    (logged), a read waits for it, and nothing is lost or reordered."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            chat = (await store.create_direct("a", "b")).id
+            await appends(store, msg(chat, 1))
+            store._appender = FailingIndex(store._appender, 2)  # type: ignore[assignment]
+            with caplog.at_level(logging.WARNING, "bluewren.store.sqlite"):
+                assert seqs(await appends(store, msg(chat, 2), msg(chat, 3))) == [2, 3]
+                stored = await asyncio.wait_for(store.history(chat, 0, 10), 10)
+            assert [m.seq for m in stored] == [1, 2, 3]
+            assert caplog.text.count("retrying in") == 2
+            assert store.stats.rollbacks >= 2
+
+    run(scenario())
+
+
+def test_indexing_that_still_fails_at_close_leaves_the_log_for_the_next_open(
+    run: Run, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database keeps failing until the store closes: the acknowledged messages stay
+    in the log (logged), and the next open stores them."""
+
+    async def scenario() -> None:
+        async with SQLiteStore(db) as store:
+            chat = (await store.create_direct("a", "b")).id
+            await appends(store, msg(chat, 1))
+            store._appender = FailingIndex(store._appender, 1_000_000)  # type: ignore[assignment]
+            with caplog.at_level(logging.WARNING, "bluewren.store.sqlite"):
+                assert seqs(await appends(store, msg(chat, 2), msg(chat, 3))) == [2, 3]
+                await asyncio.sleep(0.1)
+        assert "they stay in the message log" in caplog.text
+        assert rows(db, chat) == [1]
+        assert sum(p.stat().st_size for p in segments(db)) > 0
+        async with SQLiteStore(db) as store:
+            assert [m.seq for m in await store.history(chat, 0, 10)] == [1, 2, 3]
+
+    run(scenario())
+
+
 def test_a_second_store_on_the_same_file_reads_but_does_not_append(
     run: Run, db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
