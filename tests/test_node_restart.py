@@ -7,16 +7,20 @@ bound) or SIGKILL; it is restarted on the same port and data directory, the send
 clients reconnect and retry what was not acknowledged with the same cmid, and at the end
 the store must hold every acknowledged message exactly once, under the sequence number
 its ACK carried, each sender's messages in the order they were sent, and an explicit
-re-send of acknowledged messages after the restart must not store them again.
+re-send of acknowledged messages after the restart must not store them again. One test
+locks SQLite from this process so that the node acknowledges from its message log only,
+then SIGKILLs it: the store opened again must hold every acknowledged message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -208,6 +212,38 @@ def test_sigkill_mid_load_loses_no_acked_message_and_retries_store_nothing_twice
     node: NodeProcess,
 ) -> None:
     asyncio.run(load_and_interrupt(node, signal.SIGKILL))
+
+
+def test_acks_go_on_while_sqlite_is_locked_and_a_sigkill_then_loses_none(
+    node: NodeProcess,
+) -> None:
+    """Another process holds SQLite's write lock, so the node cannot index anything: SENDs
+    of a known sender are still acknowledged, from the message log. SIGKILL the node,
+    release the lock, and the store, opened again, holds every acknowledged message."""
+
+    async def scenario() -> None:
+        issuer = TokenIssuer(SECRET)
+        alice = Client(node.url, issuer.mint("alice", "d1"), reconnect=False, timeout=5.0)
+        await alice.connect()
+        conv = (await alice.create_direct("bob")).conv
+        await alice.send(conv, "first")  # a sender's first message goes through SQLite
+        blocker = sqlite3.connect(node.data_dir / "bluewren.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            acks = [await alice.send(conv, f"m{i}") for i in range(50)]
+            assert [a.seq for a in acks] == list(range(2, 52))
+            node.signal(signal.SIGKILL)
+            assert await asyncio.to_thread(node.wait, 10) == -signal.SIGKILL
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with contextlib.suppress(ConnectionLost, OSError):
+            await alice.close()
+        history = await stored_history(node.data_dir, conv)
+        assert [m.seq for m in history] == list(range(1, 52))
+        assert [m.body for m in history] == [b"first"] + [b"m%d" % i for i in range(50)]
+
+    asyncio.run(scenario())
 
 
 def test_sigint_closes_clients_with_1001_and_exits_0(node: NodeProcess) -> None:
