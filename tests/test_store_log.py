@@ -385,6 +385,15 @@ class FailingIndex:
         self.inner.close()
 
 
+async def known_sender_then_failing_index(store: SQLiteStore, failures: int) -> int:
+    """A conversation whose sender the store knows (seq 1 stored), after which the next
+    ``failures`` index transactions fail; returns the conversation."""
+    chat = (await store.create_direct("a", "b")).id
+    await appends(store, msg(chat, 1))
+    store._appender = FailingIndex(store._appender, failures)  # type: ignore[assignment]
+    return chat
+
+
 def test_indexing_that_fails_is_retried_and_reads_wait_for_it(
     run: Run, db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -393,9 +402,7 @@ def test_indexing_that_fails_is_retried_and_reads_wait_for_it(
 
     async def scenario() -> None:
         async with SQLiteStore(db) as store:
-            chat = (await store.create_direct("a", "b")).id
-            await appends(store, msg(chat, 1))
-            store._appender = FailingIndex(store._appender, 2)  # type: ignore[assignment]
+            chat = await known_sender_then_failing_index(store, 2)
             with caplog.at_level(logging.WARNING, "bluewren.store.sqlite"):
                 assert seqs(await appends(store, msg(chat, 2), msg(chat, 3))) == [2, 3]
                 stored = await asyncio.wait_for(store.history(chat, 0, 10), 10)
@@ -414,9 +421,7 @@ def test_indexing_that_still_fails_at_close_leaves_the_log_for_the_next_open(
 
     async def scenario() -> None:
         async with SQLiteStore(db) as store:
-            chat = (await store.create_direct("a", "b")).id
-            await appends(store, msg(chat, 1))
-            store._appender = FailingIndex(store._appender, 1_000_000)  # type: ignore[assignment]
+            chat = await known_sender_then_failing_index(store, 1_000_000)
             with caplog.at_level(logging.WARNING, "bluewren.store.sqlite"):
                 assert seqs(await appends(store, msg(chat, 2), msg(chat, 3))) == [2, 3]
                 await asyncio.sleep(0.1)
