@@ -984,17 +984,23 @@ class SQLiteStore(Store):
                 op.result = None
                 op.error = self._translate(exc)
             return
-        stats.last_batch_started = started
-        stats.last_batch_finished = time.monotonic()
-        stats.commits += 1
-        if self._wal_frames() >= self.wal_checkpoint_pages:
-            self._checkpoint_due = True
         size = 0
         for op in batch:
             size += op.size
             if op.error is None:
                 self._count_appends(op.result)
+        self._committed(started, size)
+
+    def _committed(self, started: float, size: int) -> None:
+        """Counts a commit of ``size`` messages begun at ``started`` (writer thread), and
+        asks for a checkpoint once the write-ahead log has grown past its bound."""
+        stats = self.stats
+        stats.last_batch_started = started
+        stats.last_batch_finished = time.monotonic()
+        stats.commits += 1
         stats.largest_batch = max(stats.largest_batch, size)
+        if self._wal_frames() >= self.wal_checkpoint_pages:
+            self._checkpoint_due = True
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_WriteOp]) -> None:
         """``batch`` in one transaction through the standard library's sqlite3."""
@@ -1252,22 +1258,24 @@ class SQLiteStore(Store):
         if slow:
             op = _WriteOp(None, None, len(slow), False, None, None, messages=slow)
             op.callback = partial(self._slow_done, answer, slow_at, bool(fast))
-            op.hold = _count_by_conv(slow)
-            op.keys = {(m.sender, m.conv) for m in slow}
-            self._enqueue(op)
+            self._enqueue(self._hold(op, slow, counted=True))
         self._answers.append(answer)
         if not slow:
             self._answer_ready()  # at once: the caller's acknowledgements leave this pass
 
-    def _hold(self, op: _WriteOp, messages: Sequence[NewMessage]) -> _WriteOp:
+    def _hold(
+        self, op: _WriteOp, messages: Sequence[NewMessage], *, counted: bool = False
+    ) -> _WriteOp:
         """Marks ``op``, which appends ``messages`` with seqs taken in SQLite, as holding
-        their conversations from the log until it is answered (no-op without a log)."""
+        their conversations from the log until it is answered (no-op without a log).
+        ``counted``: the caller has added them to ``_held`` already."""
         if self._log is not None:
             op.hold = _count_by_conv(messages)
             op.keys = {(m.sender, m.conv) for m in messages}
-            held = self._held
-            for conv, n in op.hold.items():
-                held[conv] = held.get(conv, 0) + n
+            if not counted:
+                held = self._held
+                for conv, n in op.hold.items():
+                    held[conv] = held.get(conv, 0) + n
         return op
 
     def _learn(self, op: _WriteOp) -> _Learned | None:
@@ -1403,14 +1411,8 @@ class SQLiteStore(Store):
                 )
                 time.sleep(delay)
                 delay = min(2 * delay, _INDEX_RETRY_MAX)
-        stats = self.stats
-        stats.last_batch_started = started
-        stats.last_batch_finished = time.monotonic()
-        stats.commits += 1
-        stats.largest_batch = max(stats.largest_batch, len(messages))
+        self._committed(started, len(messages))
         self._indexed_segment = cast(_Logged, ops[-1].index).segment
-        if self._wal_frames() >= self.wal_checkpoint_pages:
-            self._checkpoint_due = True
 
     def _index_in_python(
         self,
