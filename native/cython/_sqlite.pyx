@@ -416,9 +416,7 @@ cdef class Appender:
         cdef int rc
         cdef Py_ssize_t i
         cdef Py_ssize_t j
-        rc = sqlite3_step(self._begin)
-        sqlite3_reset(self._begin)
-        if rc != SQLITE_DONE:
+        if self._run(self._begin) != SQLITE_DONE:
             return FAILED
         for i in range(n):
             rc = self._insert_row(self._index, &rows[i], rows[i].seq, rows[i].stamp)
@@ -427,20 +425,15 @@ cdef class Appender:
         for j in range(nc):
             sqlite3_bind_int64(self._raise_seq, 1, top_seq[j])
             sqlite3_bind_int64(self._raise_seq, 2, slots[j])
-            rc = sqlite3_step(self._raise_seq)
-            sqlite3_reset(self._raise_seq)
-            if rc != SQLITE_DONE:
+            if self._run(self._raise_seq) != SQLITE_DONE:
                 return self._abandon(FAILED)
-        rc = sqlite3_step(self._commit)
-        sqlite3_reset(self._commit)
-        if rc != SQLITE_DONE:
+        if self._run(self._commit) != SQLITE_DONE:
             return self._abandon(FAILED)
         return WRITTEN
 
     cdef int _insert_row(self, sqlite3_stmt *stmt, Row *row, int64_t seq,
                          double stamp) noexcept nogil:
         """Binds ``row`` under ``seq`` and ``stamp`` to ``stmt`` and runs it."""
-        cdef int rc
         sqlite3_bind_int64(stmt, 1, row.conv)
         sqlite3_bind_int64(stmt, 2, seq)
         sqlite3_bind_text(stmt, 3, row.sender, <int>row.sender_n, BW_SQLITE_STATIC)
@@ -452,7 +445,11 @@ cdef class Appender:
         sqlite3_bind_blob(stmt, 6, row.body, <int>row.body_n, BW_SQLITE_STATIC)
         sqlite3_bind_text(stmt, 7, row.kind, <int>row.kind_n, BW_SQLITE_STATIC)
         sqlite3_bind_double(stmt, 8, stamp)
-        rc = sqlite3_step(stmt)
+        return self._run(stmt)
+
+    cdef int _run(self, sqlite3_stmt *stmt) noexcept nogil:
+        """Steps ``stmt`` once and resets it (its error stays on the connection)."""
+        cdef int rc = sqlite3_step(stmt)
         sqlite3_reset(stmt)
         return rc
 
@@ -465,9 +462,7 @@ cdef class Appender:
         cdef Py_ssize_t j
         cdef int64_t seq
         cdef Row *row
-        rc = sqlite3_step(self._begin)
-        sqlite3_reset(self._begin)
-        if rc != SQLITE_DONE:
+        if self._run(self._begin) != SQLITE_DONE:
             return FAILED
         for j in range(nc):
             sqlite3_bind_int64(self._reserve, 1, next_seq[j])
@@ -487,9 +482,7 @@ cdef class Appender:
                 return self._abandon(FALLBACK if rc & 0xFF == SQLITE_CONSTRAINT else FAILED)
             if sqlite3_changes(self._db) != 1:  # a retry: it must get the original back
                 return self._abandon(FALLBACK)
-        rc = sqlite3_step(self._commit)
-        sqlite3_reset(self._commit)
-        if rc != SQLITE_DONE:
+        if self._run(self._commit) != SQLITE_DONE:
             return self._abandon(FAILED)
         return WRITTEN
 
@@ -503,5 +496,4 @@ cdef class Appender:
     cdef void _end(self) noexcept nogil:
         """Rolls back the open transaction, if SQLite has not already."""
         if not sqlite3_get_autocommit(self._db):
-            sqlite3_step(self._rollback)
-            sqlite3_reset(self._rollback)
+            self._run(self._rollback)
